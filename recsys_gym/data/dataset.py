@@ -1,0 +1,694 @@
+"""The compact, cached form of a log that every environment maps, and the builder that writes it.
+
+:func:`build_dataset` turns a :class:`~recsys_gym.data.raw.RawLog` into a directory of ``.npy``
+arrays plus a ``manifest.json``; :func:`load_dataset` finds or builds that directory for a named
+source and maps it read-only, once per process.
+
+Decisions written down here:
+
+- **Split.** One global time cut: the earliest ``1 - test_fraction`` of impressions (by timestamp)
+  are training, the rest test. A user's training impressions therefore all precede their test
+  impressions, and nothing a test impression holds can shape a training feature.
+- **Item features** come from the training split only (click and impression counts, and a
+  collaborative embedding from the training click matrix) plus catalogue metadata (content tokens
+  such as topics or genres), which describe items rather than interactions. Every value lies in
+  ``[-1, 1]``.
+- **A user's items** (never offered as random negatives) are every item the user clicked anywhere
+  in the log plus the source's ``other_user_items`` (low ratings and the like), as the One-Plus-k
+  protocol asks.
+- **Atomic cache.** Arrays are written into a temporary directory that is renamed into place once
+  complete; ``manifest.json`` is written last inside it and records every array's size, so a
+  directory missing its manifest, or with a file of another size, is never trusted and is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recsys_gym.data.raw import RawLog
+from recsys_gym.error import CacheError, DataError, MissingDataError
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever the cache layout or a feature definition changes; old caches are then rebuilt.
+CACHE_VERSION = 1
+
+#: Names accepted by ``load_dataset(dataset=...)``.
+DATASETS = ("outbrain", "movielens-100k", "interactions")
+
+#: Number of platform codes (0 unknown, 1 desktop, 2 mobile, 3 tablet).
+N_PLATFORMS = 4
+
+_ARRAY_NAMES = (
+    "user_ptr",
+    "imp_user",
+    "imp_time",
+    "imp_context",
+    "imp_platform",
+    "imp_clicked",
+    "imp_is_train",
+    "imp_raw_id",
+    "shown_ptr",
+    "shown_items",
+    "user_items_ptr",
+    "user_items",
+    "item_train_clicks",
+    "item_train_shown",
+    "item_features",
+    "context_features",
+)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a :class:`RawLog` is turned into a :class:`CompactDataset`.
+
+    :param test_fraction: share of impressions, the latest by time, held out as the test split.
+    :param content_dim: size of the content embedding (truncated SVD of the item-token matrix);
+        0 turns it off. Fewer dimensions are used when the catalogue has fewer tokens.
+    :param cf_dim: size of the collaborative embedding (truncated SVD of the training user-item
+        click matrix); 0 turns it off.
+    """
+
+    test_fraction: float = 0.2
+    content_dim: int = 8
+    cf_dim: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction!r}")
+        for name in ("content_dim", "cf_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+class CompactDataset:
+    """A log of impressions in compact array form, read-only and shared by every environment.
+
+    Impressions are sorted by user then time; user ``u`` owns rows ``user_ptr[u]:user_ptr[u + 1]``.
+    Variable-length lists use CSR pairs (``*_ptr`` offsets into a flat array).
+
+    ============================  ==========================  ==============================================
+    array                         shape, dtype                meaning
+    ============================  ==========================  ==============================================
+    ``user_ptr``                  (n_users + 1,) int64        row offsets of each user's impressions
+    ``imp_user``                  (n_impressions,) int32      user index of the impression
+    ``imp_time``                  (n_impressions,) int64      timestamp, the source's unit
+    ``imp_context``               (n_impressions,) int32      context index, -1 when unknown
+    ``imp_platform``              (n_impressions,) int8       0 unknown, 1 desktop, 2 mobile, 3 tablet
+    ``imp_clicked``               (n_impressions,) int32      item index of the clicked item
+    ``imp_is_train``              (n_impressions,) bool       True for the training split
+    ``imp_raw_id``                (n_impressions,) int64      the source's impression id
+    ``shown_ptr``, ``shown_items``  CSR of int32              items shown in each impression, click included
+    ``user_items_ptr``, ``user_items``  CSR of int32, sorted  items each user interacted with anywhere
+    ``item_train_clicks``         (n_items,) int64            clicks per item in the training split
+    ``item_train_shown``          (n_items,) int64            impressions per item in the training split
+    ``item_features``             (n_items, item_dim) f32     item feature vectors, in [-1, 1]
+    ``context_features``          (n_contexts, ctx_dim) f32   content of each context, in [-1, 1]
+    ============================  ==========================  ==============================================
+
+    :param path: the cache directory written by :func:`build_dataset`.
+    :param mmap: map the arrays read-only instead of reading them into memory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mmap: bool = True) -> None:
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = _read_manifest(self.path)
+        mode = "r" if mmap else None
+        arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode=mode, allow_pickle=False) for name in _ARRAY_NAMES}
+        self.user_ptr: np.ndarray = arrays["user_ptr"]
+        self.imp_user: np.ndarray = arrays["imp_user"]
+        self.imp_time: np.ndarray = arrays["imp_time"]
+        self.imp_context: np.ndarray = arrays["imp_context"]
+        self.imp_platform: np.ndarray = arrays["imp_platform"]
+        self.imp_clicked: np.ndarray = arrays["imp_clicked"]
+        self.imp_is_train: np.ndarray = arrays["imp_is_train"]
+        self.imp_raw_id: np.ndarray = arrays["imp_raw_id"]
+        self.shown_ptr: np.ndarray = arrays["shown_ptr"]
+        self.shown_items: np.ndarray = arrays["shown_items"]
+        self.user_items_ptr: np.ndarray = arrays["user_items_ptr"]
+        self.user_items: np.ndarray = arrays["user_items"]
+        self.item_train_clicks: np.ndarray = arrays["item_train_clicks"]
+        self.item_train_shown: np.ndarray = arrays["item_train_shown"]
+        # Features are small and read on every step: keep them in memory.
+        self.item_features: np.ndarray = np.ascontiguousarray(arrays["item_features"])
+        self.context_features: np.ndarray = np.ascontiguousarray(arrays["context_features"])
+        self.user_ids: list[str] = self.manifest["user_ids"]
+        self.item_ids: list[str] = self.manifest["item_ids"]
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """Short name of the source."""
+        return str(self.manifest["name"])
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ptr) - 1
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_train_clicks)
+
+    @property
+    def n_impressions(self) -> int:
+        return len(self.imp_user)
+
+    @property
+    def item_dim(self) -> int:
+        """Length of one item's feature vector."""
+        return int(self.item_features.shape[1])
+
+    @property
+    def context_dim(self) -> int:
+        """Length of one context's content vector."""
+        return int(self.context_features.shape[1])
+
+    @property
+    def has_shown(self) -> bool:
+        """Whether the source logged the items shown beside each click (Outbrain does, MovieLens does not)."""
+        return bool(self.manifest["has_shown"])
+
+    # -- per-user views ------------------------------------------------------------------------
+    def user_rows(self, user: int, split: str | None = None) -> np.ndarray:
+        """Row indices of a user's impressions in time order.
+
+        :param user: user index.
+        :param split: ``"train"``, ``"test"`` or ``None`` for both.
+        :return: int64 array of row indices.
+        """
+        rows = np.arange(self.user_ptr[user], self.user_ptr[user + 1], dtype=np.int64)
+        if split is None:
+            return rows
+        is_train = self.imp_is_train[rows]
+        return rows[is_train] if split == "train" else rows[~is_train]
+
+    def user_item_set(self, user: int) -> np.ndarray:
+        """Sorted item indices the user interacted with anywhere in the log (never random negatives)."""
+        return self.user_items[self.user_items_ptr[user] : self.user_items_ptr[user + 1]]
+
+    def shown_in(self, row: int) -> np.ndarray:
+        """Item indices shown in impression ``row``, the clicked one included."""
+        return self.shown_items[self.shown_ptr[row] : self.shown_ptr[row + 1]]
+
+    def users_in_split(self, split: str) -> np.ndarray:
+        """Indices of the users with at least one impression in ``split``."""
+        mask = self.imp_is_train if split == "train" else ~self.imp_is_train
+        return np.unique(self.imp_user[mask]).astype(np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts worth logging: users, items, impressions per split, features."""
+        n_train = int(np.count_nonzero(self.imp_is_train))
+        return {
+            "name": self.name,
+            "users": self.n_users,
+            "items": self.n_items,
+            "impressions": self.n_impressions,
+            "train_impressions": n_train,
+            "test_impressions": self.n_impressions - n_train,
+            "item_dim": self.item_dim,
+            "context_dim": self.context_dim,
+            "has_shown": self.has_shown,
+        }
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{key}={value}" for key, value in self.summary().items())
+        return f"CompactDataset({parts}, path={str(self.path)!r})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+# ----------------------------------------------------------------------------------------------
+def build_dataset(raw: RawLog, out_dir: str | os.PathLike[str], options: BuildOptions | None = None) -> CompactDataset:
+    """Encode, split and featurise a raw log, and write it atomically as a cache directory.
+
+    :param raw: the log, as a loader returned it.
+    :param out_dir: the cache directory to create. It must not exist yet, or must be an untrusted
+        (incomplete) cache, which is then replaced.
+    :param options: split and feature settings; defaults when ``None``.
+    :return: the dataset, mapped from ``out_dir``.
+    :raises DataError: when the log cannot give both a training and a test split.
+    """
+    options = options or BuildOptions()
+    raw.validate()
+    out_dir = Path(out_dir)
+    impressions = raw.impressions
+
+    # Encode raw ids as contiguous indices, sorted by raw id so the encoding is reproducible.
+    user_codes, user_ids = _encode(impressions["user"])
+    item_values = [impressions["clicked_item"]]
+    if raw.shown is not None:
+        item_values.append(raw.shown["item"])
+    if raw.other_user_items is not None:
+        item_values.append(raw.other_user_items["item"])
+    item_ids = _sorted_unique_strings(pd.concat(item_values, ignore_index=True))
+    item_index = pd.Index(item_ids)
+    clicked = item_index.get_indexer(impressions["clicked_item"].astype(str))
+    context_raw = impressions["context"].astype("int64")
+    context_ids = np.unique(context_raw[context_raw >= 0].to_numpy())
+    context_codes = np.where(context_raw >= 0, np.searchsorted(context_ids, context_raw.to_numpy()), -1)
+
+    # Sort impressions by user, then time, then impression id.
+    timestamps = impressions["timestamp"].to_numpy(dtype=np.int64)
+    raw_ids = impressions["impression_id"].to_numpy(dtype=np.int64)
+    order = np.lexsort((raw_ids, timestamps, user_codes))
+    imp_user = user_codes[order].astype(np.int32)
+    imp_time = timestamps[order]
+    imp_raw_id = raw_ids[order]
+    imp_clicked = clicked[order].astype(np.int32)
+    imp_context = context_codes[order].astype(np.int32)
+    imp_platform = np.clip(impressions["platform"].fillna(0).to_numpy(dtype=np.int64), 0, N_PLATFORMS - 1)[order].astype(np.int8)
+    n_users = len(user_ids)
+    user_ptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(imp_user, minlength=n_users), out=user_ptr[1:])
+
+    # Split by one global time cut, so every training impression precedes every test one.
+    sorted_times = np.sort(imp_time)
+    cut_time = sorted_times[int(len(sorted_times) * (1.0 - options.test_fraction))]
+    imp_is_train = imp_time < cut_time
+    n_train = int(imp_is_train.sum())
+    if n_train == 0 or n_train == len(imp_is_train):
+        raise DataError(
+            f"the time split of {raw.name!r} with test_fraction={options.test_fraction} leaves "
+            f"{n_train} training and {len(imp_is_train) - n_train} test impressions; both must be non-empty "
+            "(are all timestamps equal?)"
+        )
+
+    # Items shown in each impression, the clicked one first and always present.
+    shown_ptr, shown_items = _shown_csr(raw, imp_raw_id, imp_clicked, item_index)
+
+    # Every item each user interacted with anywhere in the log.
+    user_items_ptr, user_items = _user_items_csr(raw, imp_user, imp_clicked, user_ids, item_index)
+
+    # Training-split counts per item.
+    n_items = len(item_ids)
+    item_train_clicks = np.bincount(imp_clicked[imp_is_train], minlength=n_items).astype(np.int64)
+    train_rows = np.flatnonzero(imp_is_train)
+    shown_counts = np.diff(shown_ptr)
+    train_shown_items = shown_items[np.repeat(shown_ptr[:-1][train_rows], shown_counts[train_rows]) + _ragged_offsets(shown_counts[train_rows])]
+    item_train_shown = np.bincount(train_shown_items, minlength=n_items).astype(np.int64)
+
+    # Features: counts, content embedding, collaborative embedding.
+    content_items, content_contexts = _content_embeddings(raw, item_ids, context_ids, options.content_dim)
+    cf_items = _cf_embedding(imp_user[imp_is_train], imp_clicked[imp_is_train], n_users, n_items, options.cf_dim)
+    count_features = _count_features(item_train_clicks, item_train_shown)
+    item_features = np.concatenate([count_features, content_items, cf_items], axis=1).astype(np.float32)
+    context_features = content_contexts.astype(np.float32)
+    feature_names = (
+        ["log_train_clicks", "log_train_shown", "train_ctr"]
+        + [f"content_{i}" for i in range(content_items.shape[1])]
+        + [f"cf_{i}" for i in range(cf_items.shape[1])]
+    )
+
+    # Write everything into a temporary directory, the manifest last, then rename it into place.
+    arrays = {
+        "user_ptr": user_ptr,
+        "imp_user": imp_user,
+        "imp_time": imp_time,
+        "imp_context": imp_context,
+        "imp_platform": imp_platform,
+        "imp_clicked": imp_clicked,
+        "imp_is_train": imp_is_train,
+        "imp_raw_id": imp_raw_id,
+        "shown_ptr": shown_ptr,
+        "shown_items": shown_items,
+        "user_items_ptr": user_items_ptr,
+        "user_items": user_items,
+        "item_train_clicks": item_train_clicks,
+        "item_train_shown": item_train_shown,
+        "item_features": item_features,
+        "context_features": context_features,
+    }
+    manifest = {
+        "cache_version": CACHE_VERSION,
+        "name": raw.name,
+        "options": asdict(options),
+        "cut_time": int(cut_time),
+        "has_shown": raw.shown is not None,
+        "feature_names": feature_names,
+        "notes": list(raw.notes),
+        "user_ids": [str(user) for user in user_ids],
+        "item_ids": [str(item) for item in item_ids],
+        "context_ids": [int(context) for context in context_ids],
+    }
+    _write_cache(out_dir, arrays, manifest)
+    dataset = CompactDataset(out_dir)
+    logger.info("built %r", dataset)
+    return dataset
+
+
+def _encode(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Map raw ids (compared as strings) to indices ``0..n-1`` in sorted order.
+
+    :return: the code of each value and the sorted unique raw ids.
+    """
+    strings = values.astype(str)
+    uniques = _sorted_unique_strings(strings)
+    codes = pd.Index(uniques).get_indexer(strings)
+    return codes.astype(np.int64), uniques
+
+
+def _sorted_unique_strings(values: pd.Series) -> np.ndarray:
+    return np.sort(pd.unique(values.astype(str).to_numpy()))
+
+
+def _ragged_offsets(counts: np.ndarray) -> np.ndarray:
+    """``[0, 1, .., c0 - 1, 0, 1, .., c1 - 1, ...]`` for the given run lengths."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total, dtype=np.int64) - starts
+
+
+def _shown_csr(raw: RawLog, imp_raw_id: np.ndarray, imp_clicked: np.ndarray, item_index: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of the items shown in each (sorted) impression, the clicked item first."""
+    n_impressions = len(imp_raw_id)
+    if raw.shown is None:
+        return np.arange(n_impressions + 1, dtype=np.int64), imp_clicked.astype(np.int32)
+    rows = pd.Index(imp_raw_id).get_indexer(raw.shown["impression_id"].to_numpy(dtype=np.int64))
+    items = item_index.get_indexer(raw.shown["item"].astype(str))
+    keep = rows >= 0
+    rows, items = rows[keep], items[keep]
+    # Drop the clicked item where it appears, then put it first in every row.
+    not_clicked = items != imp_clicked[rows]
+    rows, items = rows[not_clicked], items[not_clicked]
+    frame = pd.DataFrame({"row": np.concatenate([np.arange(n_impressions), rows]), "item": np.concatenate([imp_clicked, items])})
+    frame["first"] = np.concatenate([np.zeros(n_impressions, dtype=np.int8), np.ones(len(rows), dtype=np.int8)])
+    frame = frame.drop_duplicates(["row", "item"]).sort_values(["row", "first"], kind="stable")
+    counts = np.bincount(frame["row"].to_numpy(), minlength=n_impressions)
+    shown_ptr = np.zeros(n_impressions + 1, dtype=np.int64)
+    np.cumsum(counts, out=shown_ptr[1:])
+    return shown_ptr, frame["item"].to_numpy(dtype=np.int32)
+
+
+def _user_items_csr(
+    raw: RawLog, imp_user: np.ndarray, imp_clicked: np.ndarray, user_ids: np.ndarray, item_index: pd.Index
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of the sorted, unique items each user clicked or otherwise interacted with."""
+    users = [imp_user.astype(np.int64)]
+    items = [imp_clicked.astype(np.int64)]
+    if raw.other_user_items is not None and len(raw.other_user_items):
+        other_users = pd.Index(user_ids).get_indexer(raw.other_user_items["user"].astype(str))
+        other_items = item_index.get_indexer(raw.other_user_items["item"].astype(str))
+        # Users who never clicked anything have no episode; their items are not needed.
+        keep = other_users >= 0
+        users.append(other_users[keep])
+        items.append(other_items[keep])
+    pairs = np.unique(np.stack([np.concatenate(users), np.concatenate(items)], axis=1), axis=0)
+    counts = np.bincount(pairs[:, 0], minlength=len(user_ids))
+    ptr = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    return ptr, pairs[:, 1].astype(np.int32)
+
+
+def _count_features(clicks: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """Popularity and click-through features from training counts, each scaled into ``[-1, 1]``.
+
+    :return: (n_items, 3): log clicks and log impressions scaled to [0, 1] by their maximum, and a
+        smoothed CTR ``(clicks + 1) / (shown + 2)`` mapped to [-1, 1].
+    """
+    log_clicks = np.log1p(clicks.astype(np.float64))
+    log_shown = np.log1p(shown.astype(np.float64))
+    ctr = (clicks + 1.0) / (shown + 2.0)
+    return np.stack(
+        [log_clicks / max(log_clicks.max(), 1e-12), log_shown / max(log_shown.max(), 1e-12), 2.0 * ctr - 1.0], axis=1
+    )
+
+
+def _truncated_svd(matrix: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``dim`` singular triplets of a sparse matrix, deterministic in sign and order."""
+    from scipy.sparse.linalg import svds
+
+    dim = min(dim, min(matrix.shape) - 1)
+    if dim <= 0:
+        return np.zeros((matrix.shape[0], 0)), np.zeros(0), np.zeros((0, matrix.shape[1]))
+    # A fixed start vector makes ARPACK deterministic.
+    start = np.full(min(matrix.shape), 1.0 / np.sqrt(min(matrix.shape)))
+    left, singular, right = svds(matrix.astype(np.float64), k=dim, v0=start)
+    order = np.argsort(-singular)
+    left, singular, right = left[:, order], singular[order], right[order]
+    # Fix each component's sign so the largest-magnitude entry of the right vector is positive.
+    signs = np.sign(right[np.arange(dim), np.abs(right).argmax(axis=1)])
+    signs[signs == 0] = 1.0
+    return left * signs, singular, right * signs[:, None]
+
+
+def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
+    """Scale every non-zero row to unit length, so every entry lies in [-1, 1]."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def _content_embeddings(
+    raw: RawLog, item_ids: np.ndarray, context_ids: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed items and contexts in one content space learned from the items' metadata tokens.
+
+    :return: item vectors (n_items, d) and context vectors (n_contexts, d), rows of unit length or
+        zero, with ``d <= dim`` (0 when the source has no item content).
+    """
+    from scipy import sparse
+
+    if raw.item_content is None or len(raw.item_content) == 0 or dim == 0:
+        return np.zeros((len(item_ids), 0)), np.zeros((len(context_ids), 0))
+    tables = [raw.item_content.assign(kind=0)]
+    if raw.context_content is not None:
+        tables.append(raw.context_content.assign(kind=1))
+    content = pd.concat(tables, ignore_index=True)
+    tokens = pd.Index(_sorted_unique_strings(content["token"]))
+    token_codes = tokens.get_indexer(content["token"].astype(str))
+    weights = content["weight"].to_numpy(dtype=np.float64)
+
+    # Item-token matrix, with tokens weighted by inverse document frequency.
+    is_item = content["kind"].to_numpy() == 0
+    item_rows = pd.Index(item_ids).get_indexer(content.loc[is_item, "key"].astype(str))
+    keep = item_rows >= 0
+    item_matrix = sparse.csr_matrix(
+        (weights[is_item][keep], (item_rows[keep], token_codes[is_item][keep])), shape=(len(item_ids), len(tokens))
+    )
+    document_frequency = np.asarray((item_matrix > 0).sum(axis=0)).ravel()
+    idf = np.log((1.0 + len(item_ids)) / (1.0 + document_frequency)) + 1.0
+    item_matrix = item_matrix @ sparse.diags(idf)
+    _, _, right = _truncated_svd(item_matrix, dim)
+    item_vectors = _normalise_rows(np.asarray(item_matrix @ right.T))
+
+    # Contexts are projected on the same basis.
+    if raw.context_content is None or len(context_ids) == 0:
+        return item_vectors, np.zeros((len(context_ids), right.shape[0]))
+    context_rows = pd.Index(context_ids.astype(str)).get_indexer(content.loc[~is_item, "key"].astype("int64").astype(str))
+    keep = context_rows >= 0
+    context_matrix = sparse.csr_matrix(
+        (weights[~is_item][keep], (context_rows[keep], token_codes[~is_item][keep])), shape=(len(context_ids), len(tokens))
+    )
+    context_vectors = _normalise_rows(np.asarray((context_matrix @ sparse.diags(idf)) @ right.T))
+    return item_vectors, context_vectors
+
+
+def _cf_embedding(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, dim: int) -> np.ndarray:
+    """Item vectors from a truncated SVD of the (training) user-item click matrix.
+
+    :param users: user index of every training click.
+    :param items: item index of every training click.
+    :return: (n_items, d) rows of unit length, zero for items never clicked in training.
+    """
+    from scipy import sparse
+
+    if dim == 0 or len(users) == 0:
+        return np.zeros((n_items, 0))
+    matrix = sparse.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))
+    matrix.data = np.minimum(matrix.data, 1.0)
+    _, singular, right = _truncated_svd(matrix, dim)
+    return _normalise_rows(right.T * np.sqrt(singular))
+
+
+def _write_cache(out_dir: Path, arrays: Mapping[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    """Write arrays and manifest into a temporary sibling directory, then rename it to ``out_dir``."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        sizes = {}
+        for name, array in arrays.items():
+            np.save(tmp_dir / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+            sizes[name] = (tmp_dir / f"{name}.npy").stat().st_size
+        manifest = {**manifest, "array_bytes": sizes}
+        with open(tmp_dir / "manifest.json", "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle)
+        # An untrusted leftover at the destination is replaced; a trusted one (a concurrent build) is kept.
+        if out_dir.exists():
+            if _is_trusted(out_dir):
+                return
+            shutil.rmtree(out_dir)
+        try:
+            os.rename(tmp_dir, out_dir)
+        except OSError:
+            if not _is_trusted(out_dir):
+                raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise CacheError(f"{path} is not a complete dataset cache: {manifest_path.name} is missing")
+    with open(manifest_path, encoding="utf-8") as handle:
+        manifest: dict[str, Any] = json.load(handle)
+    return manifest
+
+
+def _is_trusted(path: Path) -> bool:
+    """Whether a cache directory is complete, of this version, and its arrays have the recorded sizes."""
+    try:
+        manifest = _read_manifest(path)
+    except (CacheError, json.JSONDecodeError, OSError):
+        return False
+    if manifest.get("cache_version") != CACHE_VERSION:
+        return False
+    sizes = manifest.get("array_bytes", {})
+    for name in _ARRAY_NAMES:
+        file = path / f"{name}.npy"
+        if not file.is_file() or file.stat().st_size != sizes.get(name):
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding and loading
+# ----------------------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """Where caches live: ``$RECSYS_GYM_CACHE``, else ``~/.cache/recsys_gym``."""
+    configured = os.environ.get("RECSYS_GYM_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "recsys_gym"
+
+
+_LOADED: dict[str, CompactDataset] = {}
+_LOAD_LOCK = threading.Lock()
+_SYNTHETIC_NOTICE_GIVEN = False
+
+
+def load_dataset(
+    dataset: str = "outbrain",
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    test_fraction: float = 0.2,
+    content_dim: int = 8,
+    cf_dim: int = 8,
+    min_rating: float | None = None,
+    synthetic_kwargs: Mapping[str, Any] | None = None,
+) -> CompactDataset:
+    """Find, or build and cache, the compact form of a named data source.
+
+    :param dataset: ``"outbrain"`` (the Kaggle files in ``data_dir``; the built-in synthetic data in
+        Outbrain's schema when ``data_dir`` is ``None``), ``"movielens-100k"`` (``data_dir`` or the
+        ``ml-100k`` folder of the installed ``recbole`` wheel) or ``"interactions"`` (a generic log
+        file or RecBole directory given by ``data_dir``).
+    :param data_dir: where the source's files are.
+    :param cache_dir: where caches are kept; :func:`default_cache_dir` when ``None``.
+    :param test_fraction: share of the latest impressions held out for testing.
+    :param content_dim: size of the content embedding of items and contexts.
+    :param cf_dim: size of the collaborative embedding of items.
+    :param min_rating: for rated logs, the rating from which an interaction counts as a click.
+    :param synthetic_kwargs: arguments of :func:`recsys_gym.data.synthetic.generate_outbrain` for the
+        built-in data.
+    :return: the dataset, shared with every other caller in this process asking for the same one.
+    :raises ValueError: for an unknown ``dataset``.
+    :raises MissingDataError: when ``data_dir`` or a required file does not exist.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
+    options = BuildOptions(test_fraction=test_fraction, content_dim=content_dim, cf_dim=cf_dim)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+    # Resolve the source: the built-in generator, the recbole wheel's MovieLens, or the given path.
+    source = _resolve_source(dataset, data_dir, cache_root, synthetic_kwargs)
+
+    # The cache key covers the source files' names, sizes and times, the options and the layout version.
+    key_material = {
+        "dataset": dataset,
+        "source": str(source.resolve()),
+        "files": _fingerprint(source),
+        "options": asdict(options),
+        "min_rating": min_rating,
+        "cache_version": CACHE_VERSION,
+    }
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:16]
+    cache_path = cache_root / f"{dataset}-{key}"
+
+    with _LOAD_LOCK:
+        if str(cache_path) in _LOADED:
+            return _LOADED[str(cache_path)]
+        if not _is_trusted(cache_path):
+            if cache_path.exists():
+                logger.warning("the cache %s is incomplete or changed since it was written; rebuilding it", cache_path)
+            raw = _read_source(dataset, source, min_rating)
+            build_dataset(raw, cache_path, options)
+        loaded = CompactDataset(cache_path)
+        _LOADED[str(cache_path)] = loaded
+        return loaded
+
+
+def _resolve_source(
+    dataset: str, data_dir: str | os.PathLike[str] | None, cache_root: Path, synthetic_kwargs: Mapping[str, Any] | None
+) -> Path:
+    global _SYNTHETIC_NOTICE_GIVEN
+    if dataset == "outbrain" and data_dir is None:
+        from recsys_gym.data.synthetic import generate_outbrain
+
+        params = dict(synthetic_kwargs or {})
+        tag = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        target = cache_root / f"synthetic-outbrain-{tag}"
+        if not (target / "GENERATED.json").is_file():
+            generate_outbrain(target, **params)
+        if not _SYNTHETIC_NOTICE_GIVEN:
+            logger.info(
+                "OutbrainRec-v0 runs on built-in synthetic data in Outbrain's schema (%s); "
+                "pass data_dir=<folder with events.csv and clicks_train.csv> to use the real Kaggle files",
+                target,
+            )
+            _SYNTHETIC_NOTICE_GIVEN = True
+        return target
+    if dataset == "movielens-100k" and data_dir is None:
+        from recsys_gym.data.interactions import find_movielens_100k
+
+        return find_movielens_100k()
+    if data_dir is None:
+        raise ValueError(f"dataset={dataset!r} needs data_dir: a file or folder holding the interaction log")
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise MissingDataError(f"data_dir={str(data_dir)!r} does not exist")
+    return path
+
+
+def _read_source(dataset: str, source: Path, min_rating: float | None) -> RawLog:
+    if dataset == "outbrain":
+        from recsys_gym.data.outbrain import read_outbrain
+
+        return read_outbrain(source)
+    from recsys_gym.data.interactions import read_interactions
+
+    return read_interactions(source, min_rating=min_rating, name=dataset)
+
+
+def _fingerprint(source: Path) -> list[tuple[str, int, int]]:
+    """Name, size and modification time of the source's files (a folder's files, or one file and its siblings)."""
+    if source.is_dir():
+        files = sorted(path for path in source.iterdir() if path.is_file())
+    else:
+        files = sorted(path for path in source.parent.iterdir() if path.is_file() and path.stem == source.stem)
+    return [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in files]

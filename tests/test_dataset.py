@@ -1,0 +1,112 @@
+"""The compact dataset: encoding, time split, features from the training split only, atomic cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_raw_log
+
+from recsys_gym.data.dataset import BuildOptions, CompactDataset, _is_trusted, build_dataset, load_dataset
+from recsys_gym.error import DataError, MissingDataError
+
+
+def test_encoding_sort_and_split(tiny_dataset: CompactDataset) -> None:
+    data = tiny_dataset
+    assert (data.n_users, data.n_items, data.n_impressions) == (3, 5, 8)
+    assert data.user_ids == ["u1", "u2", "u3"]
+    assert data.item_ids == ["A", "B", "C", "D", "E"]
+    # Sorted by user then time: u1 owns impressions 1, 4, 7.
+    assert data.imp_raw_id.tolist() == [1, 4, 7, 2, 5, 8, 3, 6]
+    assert data.user_ptr.tolist() == [0, 3, 6, 8]
+    assert data.imp_is_train.tolist() == [True, True, False, True, True, False, True, True]
+    assert data.user_rows(0, "test").tolist() == [2]
+    assert data.users_in_split("test").tolist() == [0, 1]
+
+
+def test_shown_lists_put_the_click_first(tiny_dataset: CompactDataset) -> None:
+    data = tiny_dataset
+    # Row 0 is impression 1: A clicked beside B and C.
+    assert data.shown_in(0).tolist() == [0, 1, 2]
+    # Row 5 is impression 8: D clicked beside B.
+    assert data.shown_in(5).tolist() == [3, 1]
+
+
+def test_user_items_cover_every_split(tiny_dataset: CompactDataset) -> None:
+    assert tiny_dataset.user_item_set(0).tolist() == [0, 1]  # u1: A, B
+    assert tiny_dataset.user_item_set(1).tolist() == [0, 3]  # u2: A, D (D clicked in test)
+
+
+def test_counts_and_features_use_the_training_split_only(tiny_dataset: CompactDataset, tmp_path: Path) -> None:
+    data = tiny_dataset
+    assert data.item_train_clicks.tolist() == [4, 1, 1, 0, 0]
+    assert data.item_train_shown.tolist() == [4, 3, 3, 3, 2]
+    names = data.manifest["feature_names"]
+    assert names[:3] == ["log_train_clicks", "log_train_shown", "train_ctr"]
+    np.testing.assert_allclose(data.item_features[:, 0], np.log1p([4, 1, 1, 0, 0]) / np.log1p(4), rtol=1e-6)
+    np.testing.assert_allclose(data.item_features[:, 2], 2 * (np.array([4, 1, 1, 0, 0]) + 1) / (np.array([4, 3, 3, 3, 2]) + 2) - 1, rtol=1e-6)
+    assert np.all(np.abs(data.item_features) <= 1.0)
+    # Other clicks in the test split leave every feature unchanged: nothing leaks from test.
+    changed = build_dataset(tiny_raw_log(test_clicks=("E", "C")), tmp_path / "changed", BuildOptions(test_fraction=0.25, content_dim=2, cf_dim=2))
+    np.testing.assert_array_equal(changed.item_features, data.item_features)
+    np.testing.assert_array_equal(changed.item_train_clicks, data.item_train_clicks)
+
+
+def test_a_split_that_leaves_no_test_raises(tmp_path: Path) -> None:
+    raw = tiny_raw_log()
+    raw.impressions["timestamp"] = 5
+    with pytest.raises(DataError, match="test_fraction=0.25.*both must be non-empty"):
+        build_dataset(raw, tmp_path / "flat", BuildOptions(test_fraction=0.25))
+
+
+@pytest.mark.parametrize(("argument", "value"), [("test_fraction", 1.5), ("content_dim", -1), ("cf_dim", 2.5)])
+def test_bad_build_options_raise(argument: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"{argument} must"):
+        BuildOptions(**{argument: value})  # type: ignore[arg-type]
+
+
+def test_missing_columns_are_named(tmp_path: Path) -> None:
+    raw = tiny_raw_log()
+    raw.impressions = raw.impressions.drop(columns=["clicked_item"])
+    with pytest.raises(DataError, match=r"lacks the columns \['clicked_item'\]"):
+        build_dataset(raw, tmp_path / "bad")
+
+
+def test_an_incomplete_or_altered_cache_is_not_trusted(tiny_dataset: CompactDataset) -> None:
+    path = tiny_dataset.path
+    assert _is_trusted(path)
+    # Truncate one array: its size no longer matches the manifest.
+    target = path / "item_features.npy"
+    target.write_bytes(target.read_bytes()[:-4])
+    assert not _is_trusted(path)
+    # No manifest at all: a build that died midway.
+    (path / "manifest.json").unlink()
+    assert not _is_trusted(path)
+
+
+def test_load_dataset_rebuilds_an_untrusted_cache(tmp_path: Path) -> None:
+    source = tmp_path / "log.csv"
+    rows = ["user_id,item_id,timestamp"] + [f"u{u},i{(u * 7 + t) % 40},{100 * t + u}" for u in range(12) for t in range(10)]
+    source.write_text("\n".join(rows) + "\n")
+    first = load_dataset("interactions", source, cache_dir=tmp_path / "cache")
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    # Damage the cache, forget the in-process copy, and load again: it is rebuilt, not used.
+    (first.path / "imp_user.npy").write_bytes(b"broken")
+    from recsys_gym.data import dataset as dataset_module
+
+    dataset_module._LOADED.clear()
+    second = load_dataset("interactions", source, cache_dir=tmp_path / "cache")
+    assert second.path == first.path
+    assert second.n_impressions == 120
+    assert json.loads((second.path / "manifest.json").read_text())["item_ids"] == manifest["item_ids"]
+
+
+def test_load_dataset_errors_name_the_argument(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"dataset must be one of \['outbrain', 'movielens-100k', 'interactions'\], got 'netflix'"):
+        load_dataset("netflix")
+    with pytest.raises(MissingDataError, match="data_dir=.*does not exist"):
+        load_dataset("outbrain", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="needs data_dir"):
+        load_dataset("interactions")
