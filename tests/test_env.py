@@ -95,7 +95,8 @@ def test_global_generators_are_untouched() -> None:
     env = gym.make("OutbrainRec-v0", k=4)
     env.reset(seed=1)
     for _ in range(50):
-        env.step(0)
+        if env.step(0)[2]:
+            env.reset()
     assert (np.random.random(), random.random()) == before
 
 
@@ -188,6 +189,7 @@ def test_render_ansi(tiny_dataset: CompactDataset) -> None:
     assert isinstance(text, str) and "user u1" in text and "episode over" in text
 
 
+@pytest.mark.filterwarnings("ignore:.*render_mode='human'")
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -210,7 +212,7 @@ def test_k_larger_than_the_negatives_available(tiny_dataset: CompactDataset) -> 
         gym.make("OutbrainRec-v0", dataset=tiny_dataset, k=4, split="test")
 
 
-@pytest.mark.parametrize("action", [5, -1, "two", 1.5])
+@pytest.mark.parametrize("action", [5, -1, "two", 1.5, np.array([1, 2])])
 def test_out_of_range_actions_raise(tiny_dataset: CompactDataset, action: object) -> None:
     env = gym.make("OutbrainRec-v0", dataset=tiny_dataset, k=3, split="test").unwrapped
     env.reset(seed=0)

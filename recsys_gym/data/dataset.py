@@ -442,8 +442,11 @@ def _truncated_svd(matrix: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.nd
     left, singular, right = svds(matrix.astype(np.float64), k=dim, v0=start)
     order = np.argsort(-singular)
     left, singular, right = left[:, order], singular[order], right[order]
-    # Fix each component's sign so the largest-magnitude entry of the right vector is positive.
-    signs = np.sign(right[np.arange(dim), np.abs(right).argmax(axis=1)])
+    # Fix each component's sign: its first clearly non-zero entry (in column order) is positive. Ties in
+    # magnitude are common in small logs, so "the largest entry" would flip with round-off.
+    magnitude = np.abs(right)
+    first = (magnitude > 1e-6 * magnitude.max(axis=1, keepdims=True)).argmax(axis=1)
+    signs = np.sign(right[np.arange(dim), first])
     signs[signs == 0] = 1.0
     return left * signs, singular, right * signs[:, None]
 

@@ -246,14 +246,7 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
             raise RuntimeError("call reset() before step()")
         if self._position >= len(self._rows):
             raise RuntimeError("the episode has terminated; call reset() before step()")
-        if not self.action_space.contains(action):
-            try:
-                in_range = 0 <= int(action) <= self.k
-            except (TypeError, ValueError):
-                in_range = False
-            if not in_range:
-                raise ValueError(f"action must be a candidate slot in 0..{self.k} (Discrete({self.k + 1})), got {action!r}")
-        slot = int(action)
+        slot = self._as_slot(action)
         data = self.dataset
         row = int(self._rows[self._position])
 
@@ -301,6 +294,13 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
         return "\n".join(lines) + "\n"
 
     # -- internals -----------------------------------------------------------------------------
+    def _as_slot(self, action: Any) -> int:
+        """The candidate slot an action names: one integer in ``0..k`` (a NumPy scalar or one-element array will do)."""
+        value = np.asarray(action)
+        if value.size == 1 and np.issubdtype(value.dtype, np.integer) and 0 <= int(value.reshape(())) <= self.k:
+            return int(value.reshape(()))
+        raise ValueError(f"action must be a candidate slot in 0..{self.k} (Discrete({self.k + 1})), got {action!r}")
+
     def _draw_candidates(self) -> None:
         """Build the shuffled candidate set of the current impression."""
         data = self.dataset
