@@ -103,12 +103,14 @@ def evaluate_one_plus_k(
             for position, user in enumerate(users):
                 obs, info = env.reset(seed=seed if position == 0 else None, options={"user_index": int(user)})
                 done = False
+                episode_steps = 0
                 while not done:
                     obs, reward, terminated, truncated, info = env.step(act(obs, info))
                     hits += int(reward > 0)
-                    impressions += 1
+                    episode_steps += 1
                     done = terminated or truncated
-                bar.update(min(bar.total - bar.n, env.unwrapped._position))  # type: ignore[attr-defined]
+                impressions += episode_steps
+                bar.update(min(bar.total - bar.n, episode_steps))
                 if max_impressions is not None and impressions >= max_impressions:
                     break
         env.close()
