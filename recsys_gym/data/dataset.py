@@ -271,7 +271,9 @@ def build_dataset(raw: RawLog, out_dir: str | os.PathLike[str], options: BuildOp
     imp_raw_id = raw_ids[order]
     imp_clicked = clicked[order].astype(np.int32)
     imp_context = context_codes[order].astype(np.int32)
-    imp_platform = np.clip(impressions["platform"].fillna(0).to_numpy(dtype=np.int64), 0, N_PLATFORMS - 1)[order].astype(np.int8)
+    imp_platform = np.clip(impressions["platform"].fillna(0).to_numpy(dtype=np.int64), 0, N_PLATFORMS - 1)[order].astype(
+        np.int8
+    )
     n_users = len(user_ids)
     user_ptr = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(imp_user, minlength=n_users), out=user_ptr[1:])
@@ -299,7 +301,9 @@ def build_dataset(raw: RawLog, out_dir: str | os.PathLike[str], options: BuildOp
     item_train_clicks = np.bincount(imp_clicked[imp_is_train], minlength=n_items).astype(np.int64)
     train_rows = np.flatnonzero(imp_is_train)
     shown_counts = np.diff(shown_ptr)
-    train_shown_items = shown_items[np.repeat(shown_ptr[:-1][train_rows], shown_counts[train_rows]) + _ragged_offsets(shown_counts[train_rows])]
+    train_shown_items = shown_items[
+        np.repeat(shown_ptr[:-1][train_rows], shown_counts[train_rows]) + _ragged_offsets(shown_counts[train_rows])
+    ]
     item_train_shown = np.bincount(train_shown_items, minlength=n_items).astype(np.int64)
 
     # Features: counts, content embedding, collaborative embedding.
@@ -375,7 +379,9 @@ def _ragged_offsets(counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - starts
 
 
-def _shown_csr(raw: RawLog, imp_raw_id: np.ndarray, imp_clicked: np.ndarray, item_index: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+def _shown_csr(
+    raw: RawLog, imp_raw_id: np.ndarray, imp_clicked: np.ndarray, item_index: pd.Index
+) -> tuple[np.ndarray, np.ndarray]:
     """CSR of the items shown in each (sorted) impression, the clicked item first."""
     n_impressions = len(imp_raw_id)
     if raw.shown is None:
@@ -387,7 +393,9 @@ def _shown_csr(raw: RawLog, imp_raw_id: np.ndarray, imp_clicked: np.ndarray, ite
     # Drop the clicked item where it appears, then put it first in every row.
     not_clicked = items != imp_clicked[rows]
     rows, items = rows[not_clicked], items[not_clicked]
-    frame = pd.DataFrame({"row": np.concatenate([np.arange(n_impressions), rows]), "item": np.concatenate([imp_clicked, items])})
+    frame = pd.DataFrame(
+        {"row": np.concatenate([np.arange(n_impressions), rows]), "item": np.concatenate([imp_clicked, items])}
+    )
     frame["first"] = np.concatenate([np.zeros(n_impressions, dtype=np.int8), np.ones(len(rows), dtype=np.int8)])
     frame = frame.drop_duplicates(["row", "item"]).sort_values(["row", "first"], kind="stable")
     counts = np.bincount(frame["row"].to_numpy(), minlength=n_impressions)
@@ -457,9 +465,7 @@ def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
-def _content_embeddings(
-    raw: RawLog, item_ids: np.ndarray, context_ids: np.ndarray, dim: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _content_embeddings(raw: RawLog, item_ids: np.ndarray, context_ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Embed items and contexts in one content space learned from the items' metadata tokens.
 
     :return: item vectors (n_items, d) and context vectors (n_contexts, d), rows of unit length or
