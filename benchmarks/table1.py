@@ -36,9 +36,9 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import METHODS, PAPER_TABLE1, TrainedMethod, moving_average, run_metadata, train_method, write_json  # noqa: E402
+from common import METHODS, PAPER_TABLE1, TrainedMethod, moving_average, run_metadata, train_method, write_json
 
-from recsys_gym.evaluation import PAPER_KS, evaluate_one_plus_k  # noqa: E402
+from recsys_gym.evaluation import PAPER_KS, evaluate_one_plus_k
 
 logger = logging.getLogger("benchmarks.table1")
 
@@ -47,7 +47,9 @@ EVAL_SEED_OFFSET = 10_000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument(
         "--dataset",
         default="outbrain",
@@ -134,7 +136,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> pd.DataFrame:
         )
         for record in table.to_dict("records"):
             rows.append({"method": method, "seed": seed, "train_k": train_k, "train_seconds": trained.train_seconds, **record})
-            logger.info("%s seed %d k=%d: CTR %.4f (random %.4f)", method, seed, record["k"], record["ctr"], record["random_floor"])
+            logger.info(
+                "%s seed %d k=%d: CTR %.4f (random %.4f)", method, seed, record["k"], record["ctr"], record["random_floor"]
+            )
         if train_k == figure_k:
             curves.append(_curve(trained, seed))
 

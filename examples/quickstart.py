@@ -19,6 +19,10 @@ if __name__ == "__main__":  # worker processes re-import this file; only the mai
     model.learn(total_timesteps=20_000, progress_bar=True)
 
     # One-Plus-k CTR on the test split; the same seed gives every policy the same candidate sets.
-    for name, policy in [("DADRL", model), ("MostPopular", MostPopular(env, seed=0)), ("Random", RandomRecommender(env, seed=0))]:
+    for name, policy in [
+        ("DADRL", model),
+        ("MostPopular", MostPopular(env, seed=0)),
+        ("Random", RandomRecommender(env, seed=0)),
+    ]:
         table = evaluate_one_plus_k(policy, ks=[10], env_kwargs={"obs_mode": "dict"}, seed=1)
         print(f"{name:12s} CTR@k=10: {table['ctr'].iloc[0]:.3f} (random floor {table['random_floor'].iloc[0]:.3f})")

@@ -93,8 +93,9 @@ def evaluate_one_plus_k(
         act = as_action_fn(chosen, deterministic=deterministic)
 
         # Walk every test user in index order; seed only the first reset so the sets are paired.
-        users = env.unwrapped.users  # type: ignore[attr-defined]
-        total = int(sum(len(env.unwrapped.dataset.user_rows(int(u), "test")) for u in users))  # type: ignore[attr-defined]
+        base: Any = env.unwrapped
+        users = base.users
+        total = sum(len(base.dataset.user_rows(int(user), "test")) for user in users)
         if max_impressions is not None:
             total = min(total, max_impressions)
         hits = 0
@@ -106,7 +107,7 @@ def evaluate_one_plus_k(
                 episode_steps = 0
                 while not done:
                     obs, reward, terminated, truncated, info = env.step(act(obs, info))
-                    hits += int(reward > 0)
+                    hits += int(float(reward) > 0)
                     episode_steps += 1
                     done = terminated or truncated
                 impressions += episode_steps

@@ -53,13 +53,23 @@ def tiny_raw_log(test_clicks: tuple[str, str] = ("A", "D")) -> RawLog:
     )
     shown_lists = [["B", "C"], ["C", "D"], ["B"], ["D"], ["E"], ["D", "E"], ["C"], ["B"]]
     shown = pd.DataFrame(
-        [(impression, item) for impression, (click, others) in enumerate(zip(clicked, shown_lists), start=1) for item in [click, *others]],
+        [
+            (impression, item)
+            for impression, (click, others) in enumerate(zip(clicked, shown_lists, strict=True), start=1)
+            for item in [click, *others]
+        ],
         columns=["impression_id", "item"],
     )
     item_content = pd.DataFrame(
-        {"key": ["A", "A", "B", "C", "D", "E"], "token": ["topic:1", "topic:2", "topic:1", "topic:2", "topic:3", "topic:3"], "weight": [0.9, 0.1, 0.8, 0.7, 0.6, 0.5]}
+        {
+            "key": ["A", "A", "B", "C", "D", "E"],
+            "token": ["topic:1", "topic:2", "topic:1", "topic:2", "topic:3", "topic:3"],
+            "weight": [0.9, 0.1, 0.8, 0.7, 0.6, 0.5],
+        }
     )
-    context_content = pd.DataFrame({"key": [100, 101, 102], "token": ["topic:1", "topic:2", "topic:3"], "weight": [1.0, 1.0, 1.0]})
+    context_content = pd.DataFrame(
+        {"key": [100, 101, 102], "token": ["topic:1", "topic:2", "topic:3"], "weight": [1.0, 1.0, 1.0]}
+    )
     return RawLog(impressions, shown, item_content, context_content, name="tiny")
 
 

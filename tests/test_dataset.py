@@ -46,10 +46,14 @@ def test_counts_and_features_use_the_training_split_only(tiny_dataset: CompactDa
     names = data.manifest["feature_names"]
     assert names[:3] == ["log_train_clicks", "log_train_shown", "train_ctr"]
     np.testing.assert_allclose(data.item_features[:, 0], np.log1p([4, 1, 1, 0, 0]) / np.log1p(4), rtol=1e-6)
-    np.testing.assert_allclose(data.item_features[:, 2], 2 * (np.array([4, 1, 1, 0, 0]) + 1) / (np.array([4, 3, 3, 3, 2]) + 2) - 1, rtol=1e-6)
+    np.testing.assert_allclose(
+        data.item_features[:, 2], 2 * (np.array([4, 1, 1, 0, 0]) + 1) / (np.array([4, 3, 3, 3, 2]) + 2) - 1, rtol=1e-6
+    )
     assert np.all(np.abs(data.item_features) <= 1.0)
     # Other clicks in the test split leave every feature unchanged: nothing leaks from test.
-    changed = build_dataset(tiny_raw_log(test_clicks=("E", "C")), tmp_path / "changed", BuildOptions(test_fraction=0.25, content_dim=2, cf_dim=2))
+    changed = build_dataset(
+        tiny_raw_log(test_clicks=("E", "C")), tmp_path / "changed", BuildOptions(test_fraction=0.25, content_dim=2, cf_dim=2)
+    )
     np.testing.assert_allclose(changed.item_features, data.item_features, atol=1e-9)
     np.testing.assert_array_equal(changed.item_train_clicks, data.item_train_clicks)
 
@@ -57,7 +61,7 @@ def test_counts_and_features_use_the_training_split_only(tiny_dataset: CompactDa
 def test_a_split_that_leaves_no_test_raises(tmp_path: Path) -> None:
     raw = tiny_raw_log()
     raw.impressions["timestamp"] = 5
-    with pytest.raises(DataError, match="test_fraction=0.25.*both must be non-empty"):
+    with pytest.raises(DataError, match=r"test_fraction=0.25.*both must be non-empty"):
         build_dataset(raw, tmp_path / "flat", BuildOptions(test_fraction=0.25))
 
 
@@ -104,9 +108,11 @@ def test_load_dataset_rebuilds_an_untrusted_cache(tmp_path: Path) -> None:
 
 
 def test_load_dataset_errors_name_the_argument(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"dataset must be one of \['outbrain', 'movielens-100k', 'interactions'\], got 'netflix'"):
+    with pytest.raises(
+        ValueError, match=r"dataset must be one of \['outbrain', 'movielens-100k', 'interactions'\], got 'netflix'"
+    ):
         load_dataset("netflix")
-    with pytest.raises(MissingDataError, match="data_dir=.*does not exist"):
+    with pytest.raises(MissingDataError, match=r"data_dir=.*does not exist"):
         load_dataset("outbrain", tmp_path / "nowhere")
     with pytest.raises(ValueError, match="needs data_dir"):
         load_dataset("interactions")

@@ -80,8 +80,8 @@ def test_same_seed_same_trajectory() -> None:
         return seen
 
     first, second, other = rollout(11), rollout(11), rollout(12)
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 def test_global_generators_are_untouched() -> None:
@@ -208,7 +208,7 @@ def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
 
 
 def test_k_larger_than_the_negatives_available(tiny_dataset: CompactDataset) -> None:
-    with pytest.raises(ValueError, match="k=4 is larger than the 3 items available as negatives.*choose k <= 3"):
+    with pytest.raises(ValueError, match=r"k=4 is larger than the 3 items available as negatives.*choose k <= 3"):
         gym.make("OutbrainRec-v0", dataset=tiny_dataset, k=4, split="test")
 
 

@@ -32,7 +32,9 @@ def test_exact_ctr_of_fixed_policies(tiny_dataset: CompactDataset) -> None:
     """
     kwargs = {"dataset": tiny_dataset}
     popular = evaluate_one_plus_k(feature_policy(tiny_dataset, 0), ks=[3], env_kwargs=kwargs, seed=0)
-    assert popular[["k", "ctr", "hits", "n_impressions"]].to_dict("records") == [{"k": 3, "ctr": 0.5, "hits": 1, "n_impressions": 2}]
+    assert popular[["k", "ctr", "hits", "n_impressions"]].to_dict("records") == [
+        {"k": 3, "ctr": 0.5, "hits": 1, "n_impressions": 2}
+    ]
     assert popular["random_floor"].iloc[0] == 0.25
     rare = evaluate_one_plus_k(feature_policy(tiny_dataset, 1, pick="min"), ks=[3], env_kwargs=kwargs, seed=0)
     assert rare["ctr"].iloc[0] == 0.0

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -128,7 +128,7 @@ class CompactDataset:
     def __init__(self, path: str | os.PathLike[str], mmap: bool = True) -> None:
         self.path = Path(path)
         self.manifest: dict[str, Any] = _read_manifest(self.path)
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode=mode, allow_pickle=False) for name in _ARRAY_NAMES}
         self.user_ptr: np.ndarray = arrays["user_ptr"]
         self.imp_user: np.ndarray = arrays["imp_user"]
@@ -387,7 +387,7 @@ def _shown_csr(
     if raw.shown is None:
         return np.arange(n_impressions + 1, dtype=np.int64), imp_clicked.astype(np.int32)
     rows = pd.Index(imp_raw_id).get_indexer(raw.shown["impression_id"].to_numpy(dtype=np.int64))
-    items = item_index.get_indexer(raw.shown["item"].astype(str))
+    items = item_index.get_indexer(pd.Index(raw.shown["item"].astype(str)))
     keep = rows >= 0
     rows, items = rows[keep], items[keep]
     # Drop the clicked item where it appears, then put it first in every row.
@@ -411,8 +411,8 @@ def _user_items_csr(
     users = [imp_user.astype(np.int64)]
     items = [imp_clicked.astype(np.int64)]
     if raw.other_user_items is not None and len(raw.other_user_items):
-        other_users = pd.Index(user_ids).get_indexer(raw.other_user_items["user"].astype(str))
-        other_items = item_index.get_indexer(raw.other_user_items["item"].astype(str))
+        other_users = pd.Index(user_ids).get_indexer(pd.Index(raw.other_user_items["user"].astype(str)))
+        other_items = item_index.get_indexer(pd.Index(raw.other_user_items["item"].astype(str)))
         # Users who never clicked anything have no episode; their items are not needed.
         keep = other_users >= 0
         users.append(other_users[keep])

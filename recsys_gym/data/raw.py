@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from recsys_gym.error import DataError
@@ -76,9 +75,10 @@ class RawLog:
         if self.impressions["impression_id"].duplicated().any():
             duplicate = self.impressions.loc[self.impressions["impression_id"].duplicated(), "impression_id"].iloc[0]
             raise DataError(f"RawLog.impressions of {self.name!r} has impression_id {duplicate!r} more than once")
-        if not np.issubdtype(self.impressions["timestamp"].dtype, np.number):
+        if not pd.api.types.is_numeric_dtype(self.impressions["timestamp"]):
             raise DataError(
-                f"RawLog.impressions['timestamp'] of {self.name!r} must be numeric, got dtype {self.impressions['timestamp'].dtype}"
+                f"RawLog.impressions['timestamp'] of {self.name!r} must be numeric, "
+                f"got dtype {self.impressions['timestamp'].dtype}"
             )
         for table_name, table, columns in (
             ("shown", self.shown, SHOWN_COLUMNS),

@@ -120,7 +120,7 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012  (Gymnasium declares it a plain dict attribute)
 
     def __init__(
         self,
@@ -176,7 +176,9 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
         if user_shard is not None:
             users = users[users % user_shard[1] == user_shard[0]]
         if len(users) == 0:
-            raise ValueError(f"no user of dataset {data.name!r} has an impression in split={split!r} and user_shard={user_shard!r}")
+            raise ValueError(
+                f"no user of dataset {data.name!r} has an impression in split={split!r} and user_shard={user_shard!r}"
+            )
         self.users = users
         self._user_set = frozenset(users.tolist())
 
