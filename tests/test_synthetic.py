@@ -172,10 +172,11 @@ def held_out_ctr(folder: Path) -> dict[str, float]:
 
 
 def test_topics_beat_popularity_which_beats_random(generated: Path) -> None:
-    """Held-out displays: about 0.58 for the topic picker, 0.42 for the popular one, 0.21 for random."""
+    """Held-out displays, picking among the ads really shown: about 0.63 for the topic picker, 0.30 for
+    the popular one, 0.21 for random (seed 0; seeds 1 to 3 give 0.62-0.66, 0.25-0.28, 0.21)."""
     ctr = held_out_ctr(generated)
-    assert ctr["topics"] > ctr["popular"] + 0.08
-    assert ctr["popular"] > ctr["random"] + 0.12
+    assert ctr["topics"] > ctr["popular"] + 0.2
+    assert ctr["popular"] > ctr["random"] + 0.05
 
 
 def test_clicked_ads_share_the_users_topics_far_more_than_shown_ads(generated: Path) -> None:

@@ -51,8 +51,11 @@ Generative model (all draws from ``numpy.random.default_rng(seed)``):
 
 With the defaults, on each user's later displays, picking the shown ad whose topics best match the
 topics of the user's earlier clicks hits the click far more often than picking the most popular
-shown ad, which in turn clearly beats a random pick: about 0.58, 0.42 and 0.21 of the held-out
-displays (``tests/test_synthetic.py`` checks the ordering).
+shown ad, which in turn beats a random pick: about 0.63, 0.30 and 0.21 of the held-out displays
+(``tests/test_synthetic.py`` checks the ordering). Under the paper's protocol (random negatives
+from the whole catalogue) popularity is a much stronger cue, and a policy that combines it with the
+user's topics beats it: at ``k = 10``, about 0.62 for the most popular candidate and 0.73 for a
+hand-made score of popularity plus topic and co-click similarity to the user's history.
 """
 
 from __future__ import annotations
@@ -94,10 +97,10 @@ def generate_outbrain(
     n_categories: int = 20,
     displays_per_user_mean: float = 12.0,
     ads_per_display_mean: float = 5.2,
-    topic_share: float = 0.3,
+    topic_share: float = 0.6,
     context_topic_share: float = 0.5,
     beta: float = 10.0,
-    gamma: float = 0.8,
+    gamma: float = 0.3,
     popularity_exponent: float = 1.0,
     days: float = 15.0,
     seed: int = 0,
