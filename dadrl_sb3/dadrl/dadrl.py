@@ -24,7 +24,7 @@ from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from dadrl_sb3.common.backends import BACKENDS, DeviceBackend, make_backend
 from dadrl_sb3.common.devices import DeviceConfig, GradientMessage, ParameterArrays
-from dadrl_sb3.dadrl.policies import MlpPolicy, MultiInputPolicy
+from dadrl_sb3.dadrl.policies import CandidatePolicy, MlpPolicy, MultiInputPolicy
 
 SelfDADRL = TypeVar("SelfDADRL", bound="DADRL")
 
@@ -144,6 +144,7 @@ class DADRL(BaseAlgorithm):
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
         "MultiInputPolicy": MultiInputPolicy,
+        "CandidatePolicy": CandidatePolicy,
     }
     policy: ActorCriticPolicy
 

@@ -24,6 +24,7 @@ Decisions written down here:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -660,7 +661,15 @@ def _resolve_source(
         from recsys_gym.data.synthetic import generate_outbrain
 
         params = dict(synthetic_kwargs or {})
-        tag = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        # Key the folder by every generator parameter, defaults included, so a changed default regenerates.
+        resolved = {
+            name: parameter.default
+            for name, parameter in inspect.signature(generate_outbrain).parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+        resolved.update(params)
+        material = {"parameters": resolved, "cache_version": CACHE_VERSION}
+        tag = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
         target = cache_root / f"synthetic-outbrain-{tag}"
         if not (target / "GENERATED.json").is_file():
             generate_outbrain(target, **params)
