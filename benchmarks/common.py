@@ -22,14 +22,20 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 import recsys_gym  # noqa: F401  (registers OutbrainRec-v0)
-from dadrl_sb3 import DADRL
+from dadrl_sb3 import DADRL, DoubleDQN, LinUCB
 from dadrl_sb3.baselines import MostPopular, RandomRecommender
 from dadrl_sb3.common.candidate_policies import CandidateActorCriticPolicy, CandidateDQNPolicy, transfer_candidate_policy
 
 logger = logging.getLogger("benchmarks")
 
 #: Methods the benchmark knows, in table order, and whether they learn.
-METHODS = {"DADRL": True, "DQN": True, "A2C": True, "MostPopular": False, "Random": False}
+METHODS = {"DADRL": True, "DQN": True, "DDQN": True, "A2C": True, "LinUCB": True, "MostPopular": False, "Random": False}
+
+#: Methods whose model is a neural network trained by SB3-style ``learn`` (the others need no policy transfer).
+NEURAL = ("DADRL", "DQN", "DDQN", "A2C")
+
+#: The main job's methods under ``--quick``: DADRL, SB3's own DQN and A2C, and the two sanity floors.
+QUICK_METHODS = ("DADRL", "DQN", "A2C", "MostPopular", "Random")
 
 #: Table 1 of Shi et al. (RecSys 2020): One-Plus-k CTR on Outbrain.
 PAPER_TABLE1 = {
@@ -82,21 +88,18 @@ def make_model(name: str, env: gym.Env, policy: str, seed: int, n_workers: int, 
     """
     candidate = policy == "candidate"
     common: dict[str, Any] = {"seed": seed, "verbose": verbose, "gamma": gamma, "device": "cpu"}
+    # DADRL and A2C share the advantage actor-critic settings (SB3's A2C defaults: 5-step rollouts, no
+    # entropy bonus, RMSprop at 7e-4); DQN and DDQN share theirs, sized for budgets of 10^4-10^5 steps.
+    actor_critic = {"n_steps": 5, "ent_coef": 0.0, "learning_rate": 7e-4}
+    value_based = {"learning_starts": 500, "buffer_size": 50_000, "exploration_fraction": 0.2, "target_update_interval": 500}
     if name == "DADRL":
-        return DADRL("CandidatePolicy" if candidate else "MlpPolicy", env, n_workers=n_workers, **common)
+        return DADRL("CandidatePolicy" if candidate else "MlpPolicy", env, n_workers=n_workers, **actor_critic, **common)
     if name == "A2C":
-        return A2C(CandidateActorCriticPolicy if candidate else "MlpPolicy", env, **common)
-    if name == "DQN":
-        return DQN(
-            CandidateDQNPolicy if candidate else "MlpPolicy",
-            env,
-            learning_starts=500,
-            buffer_size=50_000,
-            exploration_fraction=0.2,
-            target_update_interval=500,
-            **common,
-        )
-    raise ValueError(f"method must be one of {[m for m, learns in METHODS.items() if learns]}, got {name!r}")
+        return A2C(CandidateActorCriticPolicy if candidate else "MlpPolicy", env, **actor_critic, **common)
+    if name in ("DQN", "DDQN"):
+        algorithm = DQN if name == "DQN" else DoubleDQN
+        return algorithm(CandidateDQNPolicy if candidate else "MlpPolicy", env, **value_based, **common)
+    raise ValueError(f"method must be one of {list(NEURAL)}, got {name!r}")
 
 
 def train_method(
@@ -127,9 +130,16 @@ def train_method(
         clicks, lengths = replay_training_stream(env, baseline, timesteps, seed)
         return TrainedMethod(name, lambda k: baseline, clicks, lengths, time.perf_counter() - started, timesteps)
 
-    # Learning methods.
-    model = make_model(name, env, policy, seed, n_workers, gamma, verbose)
+    # LinUCB: one linear model over per-candidate features serves every k, whatever the observation form.
     recorder = EpisodeRecorder()
+    if name == "LinUCB":
+        bandit = LinUCB(env, seed=seed)
+        bandit.learn(total_timesteps=timesteps, callback=recorder, progress_bar=progress_bar)
+        seconds = time.perf_counter() - started
+        return TrainedMethod(name, lambda k: bandit, recorder.clicks, recorder.lengths, seconds, bandit.num_timesteps)
+
+    # Neural methods.
+    model = make_model(name, env, policy, seed, n_workers, gamma, verbose)
     model.learn(total_timesteps=timesteps, callback=recorder, progress_bar=progress_bar)
     seconds = time.perf_counter() - started
 
@@ -139,7 +149,7 @@ def train_method(
                 raise ValueError(f"an MLP policy trained at k={train_k} cannot be evaluated at k={k}")
             return model
         test_env = gym.make("OutbrainRec-v0", **env_kwargs, k=k, split="test", obs_mode="dict")
-        return transfer_candidate_policy(model.policy, test_env.observation_space, test_env.action_space)  # type: ignore[arg-type]
+        return transfer_candidate_policy(model.policy, test_env.observation_space, test_env.action_space)
 
     return TrainedMethod(name, policy_at, recorder.clicks, recorder.lengths, seconds, model.num_timesteps)
 

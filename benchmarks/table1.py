@@ -32,11 +32,22 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import METHODS, PAPER_TABLE1, TrainedMethod, moving_average, run_metadata, train_method, write_json
+from common import (
+    METHODS,
+    NEURAL,
+    PAPER_TABLE1,
+    QUICK_METHODS,
+    TrainedMethod,
+    moving_average,
+    run_metadata,
+    train_method,
+    write_json,
+)
 
 from recsys_gym.evaluation import PAPER_KS, evaluate_one_plus_k
 
@@ -59,10 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="folder (or log file) of the data; see the README")
     parser.add_argument("--negatives", default="random", choices=["random", "shown"], help="how negatives are drawn")
     parser.add_argument("--ks", type=int, nargs="+", default=list(PAPER_KS), help="numbers of negatives per candidate set")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to run")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=list(METHODS),
+        help="methods to run (default all; --quick: the five of the main job)",
+    )
     parser.add_argument("--policy", default="candidate", choices=["candidate", "mlp"], help="network of the neural methods")
     parser.add_argument("--train-k", type=int, default=10, help="k used for training with --policy candidate")
-    parser.add_argument("--timesteps", type=int, default=None, help="training steps per run (default 100000, --quick 15000)")
+    parser.add_argument("--timesteps", type=int, default=None, help="training steps per run (default 100000, --quick 20000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2, --quick 0)")
     parser.add_argument("--n-workers", type=int, default=2, help="DADRL devices (worker processes)")
     parser.add_argument("--gamma", type=float, default=0.9, help="discount factor of every RL method")
@@ -76,8 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     # Fill the budget-dependent defaults and check the values.
-    args.timesteps = args.timesteps if args.timesteps is not None else (15_000 if args.quick else 100_000)
+    args.timesteps = args.timesteps if args.timesteps is not None else (20_000 if args.quick else 100_000)
     args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    args.methods = args.methods if args.methods is not None else list(QUICK_METHODS if args.quick else METHODS)
     if args.max_test_impressions is None and args.quick:
         args.max_test_impressions = 3000
     if any(k < 1 for k in args.ks):
@@ -112,7 +130,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> pd.DataFrame:
         (seed, method, train_k)
         for seed in args.seeds
         for method in args.methods
-        for train_k in (train_ks if METHODS[method] else [args.train_k])
+        for train_k in (train_ks if method in NEURAL else [args.train_k])
     ]
     figure_k = args.train_k if args.policy == "candidate" or args.train_k in args.ks else args.ks[0]
     rows: list[dict[str, Any]] = []
@@ -125,7 +143,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> pd.DataFrame:
         )
 
         # Evaluate on the test split: at every k, or only at the k an MLP policy was trained for.
-        eval_ks = [train_k] if (args.policy == "mlp" and METHODS[method]) else args.ks
+        eval_ks = [train_k] if (args.policy == "mlp" and method in NEURAL) else args.ks
         table = evaluate_one_plus_k(
             {k: trained.policy_at(k) for k in eval_ks},
             ks=eval_ks,
@@ -252,6 +270,8 @@ def plot_figure2(curves: pd.DataFrame, k: int, window: int, path: Path, title: s
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    # Small networks run faster on one thread each; DADRL's devices take the other cores.
+    torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = run(args, [str(Path(__file__)), *argv])
     summary = results.groupby(["method", "k"])["ctr"].mean().unstack("k")

@@ -112,7 +112,8 @@ class DADRL(BaseAlgorithm):
     :param learning_rate: Learning rate of the learner's optimizer (default 7e-4), or a function of the
         progress remaining (from 1 to 0).
     :param n_workers: Number of devices (default 2); one worker process each with ``backend="subprocess"``.
-    :param n_steps: Environment steps per device rollout, i.e. per gradient sent (default 16).
+    :param n_steps: Environment steps per device rollout, i.e. per gradient sent (default 5, the t_max of A3C
+        in Mnih et al. 2016).
     :param gamma: Discount factor, in (0, 1] (default 0.99).
     :param gae_lambda: Factor of the generalized advantage estimator, in [0, 1] (default 1.0, which gives
         the n-step returns of A3C).
@@ -154,7 +155,7 @@ class DADRL(BaseAlgorithm):
         env: GymEnv | str | None,
         learning_rate: float | Schedule = 7e-4,
         n_workers: int = 2,
-        n_steps: int = 16,
+        n_steps: int = 5,
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
         ent_coef: float = 0.01,
