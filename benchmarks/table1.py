@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     # Small networks run faster on one thread each; DADRL's devices take the other cores.
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results = run(args, [str(Path(__file__)), *argv])
+    script = os.path.relpath(Path(__file__).resolve(), Path.cwd())
+    results = run(args, [script, *argv])
     summary = results.groupby(["method", "k"])["ctr"].mean().unstack("k")
     print(summary.round(3).to_string())
     return 0
