@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -190,6 +191,7 @@ def run_metadata(argv: list[str], seeds: list[int]) -> dict[str, Any]:
             versions[package] = "not installed"
     return {
         "command": " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *argv]),
+        "git": _git_state(),
         "seeds": seeds,
         "versions": versions,
         "python": platform.python_version(),
@@ -200,6 +202,18 @@ def run_metadata(argv: list[str], seeds: list[int]) -> dict[str, Any]:
         },
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+def _git_state() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True, check=True)
+        commit = head.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
