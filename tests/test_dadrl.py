@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import multiprocessing
 import os
 import pickle
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +16,20 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.registration import EnvSpec
 from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 
 from dadrl_sb3 import DADRL
-from dadrl_sb3.common.backends import DeviceError
+from dadrl_sb3.common.backends import DeviceError, InlineBackend, SubprocessBackend, make_backend
 from dadrl_sb3.common.devices import Device, GradientMessage, compute_returns_and_advantages
-from dadrl_sb3.dadrl.dadrl import validate_gradients
+from dadrl_sb3.dadrl import dadrl as dadrl_module
+from dadrl_sb3.dadrl.dadrl import gradient_norm, staleness_weight, validate_gradients, validate_statistics
 
-try:
-    import recsys_gym  # noqa: F401
-
-    gym.make("OutbrainRec-v0", k=4).close()
-    HAVE_OUTBRAIN = True
-except Exception:
-    HAVE_OUTBRAIN = False
+# Checked without importing recsys_gym: worker processes import this module (FailingCartPole) and need it not
+HAVE_OUTBRAIN = importlib.util.find_spec("recsys_gym") is not None
 
 needs_outbrain = pytest.mark.skipif(not HAVE_OUTBRAIN, reason="recsys_gym's OutbrainRec-v0 is not available")
 
@@ -49,6 +49,7 @@ def make_cartpole_model(**kwargs: Any) -> DADRL:
     """A small DADRL on CartPole-v1, which has no users: every device gets the whole environment."""
     settings: dict[str, Any] = {
         "n_workers": 2,
+        "n_steps": 16,
         "shard_kwarg": None,
         "backend": "inline",
         "seed": 0,
@@ -134,6 +135,38 @@ class FailingCartPole(CartPoleEnv):
         return super().step(action)
 
 
+class StepCounterEnv(gym.Env):
+    """Observes ``[t, 0]`` after ``t`` steps of the episode and pays 1 per step; terminates after ``terminate_after``
+    steps if given (else runs until a time limit truncates it)."""
+
+    observation_space = spaces.Box(0.0, 100.0, shape=(2,), dtype=np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, terminate_after: int | None = None) -> None:
+        self.terminate_after = terminate_after
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.t, 0.0], dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.terminate_after is not None and self.t >= self.terminate_after
+        return self._obs(), 1.0, terminated, False, {}
+
+
+class DictObservationEnv(gym.Env):
+    """An environment with a Dict observation, which ``"MlpPolicy"`` cannot take."""
+
+    observation_space = spaces.Dict({"user": spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)})
+    action_space = spaces.Discrete(2)
+
+
 class CaptureOutput(KVWriter):
     """Keeps every dump of the SB3 logger."""
 
@@ -160,6 +193,40 @@ def test_returns_and_advantages_hand_computed():
     # With lambda = 0 the advantages are one-step TD errors
     _, td_errors = compute_returns_and_advantages(rewards, values, episode_ended, 2.0, gamma=0.9, gae_lambda=0.0)
     np.testing.assert_allclose(td_errors, [1.0 + 0.9 * 0.5 - 0.5, 1.0 - 0.5, 1.0 + 0.9 * 2.0 - 0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("episode_end", ["truncated", "terminated"])
+def test_device_bootstraps_at_truncation_but_never_across_termination(episode_end: str):
+    """A device's value targets, hand-computed: the critic is set to V(obs) = obs[0] = steps since reset, every
+    reward is 1, gamma 0.9, and a 4-step rollout ends an episode after 3 steps, then starts the next one.
+
+    Truncated (time limit): step 2 bootstraps from the final observation of its episode, V = 3 (not from the
+    reset observation, V = 0). Terminated: step 2 gets its reward only. Either way step 3, cut by the end of
+    the rollout, bootstraps from the next observation, V = 1.
+    """
+    if episode_end == "truncated":
+        spec = EnvSpec(id="StepCounter-v0", entry_point=StepCounterEnv, max_episode_steps=3)
+        step_2 = 1 + 0.9 * 3
+    else:
+        spec = EnvSpec(id="StepCounter-v0", entry_point=StepCounterEnv, kwargs={"terminate_after": 3})
+        step_2 = 1.0
+    expected_returns = np.array([1 + 0.9 * (1 + 0.9 * step_2), 1 + 0.9 * step_2, step_2, 1 + 0.9 * 1])
+    values = np.array([0.0, 1.0, 2.0, 0.0])
+
+    model = DADRL(
+        "MlpPolicy", gym.make(spec), n_workers=1, n_steps=4, gamma=0.9, gae_lambda=1.0, shard_kwarg=None,
+        backend="inline", seed=0, policy_kwargs={"net_arch": []},
+    )  # fmt: skip
+    with th.no_grad():
+        model.policy.value_net.weight.copy_(th.tensor([[1.0, 0.0]]))
+        model.policy.value_net.bias.zero_()
+    device = Device(model._device_configs()[0])
+    message = device.compute_gradients(model._weights(), version=0)
+    device.close()
+
+    # The value loss is the mean squared error between these targets and the values
+    assert message.episode_ends == [2] and message.episode_lengths == [3] and message.episode_returns == [3.0]
+    assert message.value_loss == pytest.approx(np.mean((expected_returns - values) ** 2), rel=1e-5)
 
 
 def test_device_sends_only_gradients_and_scalar_statistics():
@@ -226,12 +293,121 @@ def test_rejected_message_is_counted_and_changes_nothing():
     assert not all(th.equal(old, new) for old, new in zip(before, parameters_of(model), strict=True))
 
 
+@pytest.mark.parametrize(
+    "statistics, match",
+    [
+        ({"n_steps": 0}, "n_steps=0"),
+        ({"episode_returns": [1.0]}, "same length"),
+        ({"episode_returns": [1.0], "episode_lengths": [3], "episode_ends": [16]}, "episode_ends=\\[16\\]"),
+        ({"policy_loss": float("nan")}, "finite numbers"),
+        ({"episode_returns": ["user 42"], "episode_lengths": [3], "episode_ends": [2]}, "finite numbers"),
+        ({"clicks": 3, "impressions": 2}, "clicks=3"),
+    ],
+)
+def test_unsound_statistics_are_rejected(statistics: dict[str, Any], match: str):
+    model = make_cartpole_model()
+    gradients = [np.zeros(tuple(param.shape), dtype=np.float32) for param in model.policy.parameters()]
+    message = GradientMessage(**{"version": 0, "gradients": gradients, "n_steps": 16, **statistics})
+    assert re.search(match, str(validate_statistics(message)))
+    assert not model._apply_gradients(message) and model._n_rejected == 1 and model.version == 0
+    assert validate_statistics(GradientMessage(version=0, gradients=gradients, n_steps=16)) is None
+
+
+def test_validate_gradients_bounds_the_norm():
+    model = make_cartpole_model()
+    parameters = list(model.policy.parameters())
+    ones = [np.ones(tuple(param.shape), dtype=np.float32) for param in parameters]
+    norm = np.sqrt(sum(param.numel() for param in parameters))
+    assert gradient_norm(ones) == pytest.approx(norm)
+    assert validate_gradients(ones, parameters, max_norm=norm + 1e-3) is None
+    assert "max_message_norm=1.0" in str(validate_gradients(ones, parameters, max_norm=1.0))
+
+    # float32 values whose squares overflow float32 still get their true norm
+    assert gradient_norm([np.full(4, 1e30, dtype=np.float32)]) == pytest.approx(2e30, rel=1e-6)
+
+
+@pytest.mark.parametrize("on_large_norm", ["clip", "reject"])
+def test_large_message_is_clipped_or_rejected(on_large_norm: str):
+    """With SGD at learning rate 1 and no max_grad_norm clipping, the step is minus the gradient applied."""
+    policy_kwargs = {**TINY_NET, "optimizer_class": th.optim.SGD}
+    model = make_cartpole_model(
+        max_message_norm=2.0, on_large_norm=on_large_norm, learning_rate=1.0, max_grad_norm=1e9, policy_kwargs=policy_kwargs
+    )
+    before = parameters_of(model)
+    small = [np.full(tuple(param.shape), 1e-3, dtype=np.float32) for param in model.policy.parameters()]
+    large = [array * 1e4 for array in small]
+    assert gradient_norm(small) < 2.0 < gradient_norm(large)
+
+    # A gradient within the bound is applied as it is
+    assert model._apply_gradients(GradientMessage(version=0, gradients=small, n_steps=16))
+    middle = parameters_of(model)
+    steps = [(old - new).numpy() for old, new in zip(before, middle, strict=True)]
+    np.testing.assert_allclose(np.concatenate([step.ravel() for step in steps]), 1e-3, rtol=1e-3)
+
+    applied = model._apply_gradients(GradientMessage(version=1, gradients=large, n_steps=16))
+    steps = [(old - new).numpy() for old, new in zip(middle, parameters_of(model), strict=True)]
+    if on_large_norm == "clip":
+        # Scaled down to the bound, direction kept
+        assert applied and model._n_clipped == 1 and model._n_rejected == 0 and model.version == 2
+        assert gradient_norm(steps) == pytest.approx(2.0, rel=1e-4)
+    else:
+        assert not applied and model._n_rejected == 1 and model._n_clipped == 0 and model.version == 1
+        assert gradient_norm(steps) == 0.0
+
+
+def test_staleness_weight():
+    assert staleness_weight(0, "polynomial", 0.5) == 1.0
+    assert staleness_weight(3, "polynomial", 0.5) == 0.5
+    assert staleness_weight(3, "polynomial", 1.0) == 0.25
+    assert staleness_weight(3, "none", 0.5) == 1.0
+
+
+def test_polynomial_staleness_weighting_scales_the_step():
+    """The first RMSprop step on a gradient 3 versions stale moves each weight (1 + 3) ** -0.5 = 1/2 as far as
+    without weighting (that step is linear in the learning rate)."""
+    steps = {}
+    for weighting in ("none", "polynomial"):
+        model = make_cartpole_model(staleness_weighting=weighting)
+        model._n_updates = 3
+        before = parameters_of(model)
+        gradients = [np.full(tuple(param.shape), 0.01, dtype=np.float32) for param in model.policy.parameters()]
+        assert model._apply_gradients(GradientMessage(version=0, gradients=gradients, n_steps=16))
+        steps[weighting] = np.concatenate(
+            [(new - old).numpy().ravel() for old, new in zip(before, parameters_of(model), strict=True)]
+        )
+    np.testing.assert_allclose(steps["polynomial"], 0.5 * steps["none"], rtol=1e-5)
+    assert np.abs(steps["none"]).min() > 0
+
+
+def test_max_staleness_drops_old_gradients_but_counts_their_steps():
+    """Round-robin over three devices with max_staleness=1: the third device's gradients are two versions old
+    after each cycle and are dropped; it still gets fresh weights and its steps still count."""
+    model = make_cartpole_model(n_workers=3, max_staleness=1)
+    output = CaptureOutput()
+    model.set_logger(Logger(folder=None, output_formats=[output]))
+    model.learn(16 * 30, log_interval=10)
+    assert model.num_timesteps == 16 * 30
+    assert model._n_dropped_stale == 10 and model.version == 20
+    last = output.dumps[-1]
+    assert last["train/dropped_stale"] == 10 and last["train/staleness_max"] == 2 and last["train/n_updates"] == 20
+
+
+def test_optimizer_is_rmsprop_or_adam_as_in_sb3_a2c():
+    rms_prop = make_cartpole_model().policy.optimizer
+    assert isinstance(rms_prop, th.optim.RMSprop)
+    assert rms_prop.defaults["alpha"] == 0.99 and rms_prop.defaults["eps"] == 1e-5
+    adam = make_cartpole_model(use_rms_prop=False).policy.optimizer
+    assert isinstance(adam, th.optim.Adam) and adam.defaults["eps"] == 1e-5
+    assert "optimizer_class" not in TINY_NET  # the caller's policy_kwargs are left alone
+
+
 # Learning and reproducibility (inline backend)
 
 
 def outbrain_ctr_by_window(policy: Any, total_timesteps: int, env_kwargs: dict[str, Any], **kwargs: Any) -> list[float]:
     """Train DADRL (inline, seed 0) on OutbrainRec-v0 with k=4; return the training CTR of each ~1,000-step window."""
-    model = DADRL(policy, gym.make("OutbrainRec-v0", k=4, **env_kwargs), n_workers=2, backend="inline", seed=0, **kwargs)
+    env = gym.make("OutbrainRec-v0", k=4, **env_kwargs)
+    model = DADRL(policy, env, n_workers=2, n_steps=16, backend="inline", seed=0, **kwargs)
     output = CaptureOutput()
     model.set_logger(Logger(folder=None, output_formats=[output]))
     model.learn(total_timesteps, log_interval=62)
@@ -286,6 +462,7 @@ def test_staleness_is_measured():
     model.set_logger(Logger(folder=None, output_formats=[output]))
     model.learn(16 * 30, log_interval=10)
     assert [dump["train/staleness_mean"] for dump in output.dumps[1:]] == [2.0, 2.0]
+    assert [dump["train/staleness_max"] for dump in output.dumps] == [2, 2, 2]
 
 
 # SB3 conventions
@@ -328,8 +505,8 @@ def test_logger_records_sb3_and_recommender_keys():
     assert len(output.dumps) == 2
     expected = {
         "rollout/ep_rew_mean", "rollout/ep_len_mean", "train/policy_loss", "train/value_loss", "train/entropy_loss",
-        "train/staleness_mean", "train/rejected", "train/n_updates", "train/learning_rate", "time/fps",
-        "time/total_timesteps",
+        "train/staleness_mean", "train/staleness_max", "train/rejected", "train/clipped", "train/dropped_stale",
+        "train/restarts", "train/n_updates", "train/learning_rate", "time/fps", "time/total_timesteps",
     }  # fmt: skip
     assert expected <= set(output.dumps[-1])
     assert "rollout/ctr" not in output.dumps[-1]  # CartPole has no clicks
@@ -437,14 +614,60 @@ def test_device_exception_carries_its_traceback(backend: str):
         ({"ent_coef": -1.0}, "ent_coef"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"learning_rate": 0.0}, "learning_rate"),
-        ({"backend": "ray"}, "backend"),
+        ({"backend": "mpi"}, "backend"),
         ({"shard_kwarg": ""}, "shard_kwarg"),
         ({"stats_window_size": 0}, "stats_window_size"),
+        ({"max_staleness": -1}, "max_staleness.*got -1"),
+        ({"max_staleness": 1.5}, "max_staleness.*got 1.5"),
+        ({"staleness_weighting": "linear"}, "staleness_weighting.*'linear'"),
+        ({"staleness_power": -0.5}, "staleness_power.*-0.5"),
+        ({"max_message_norm": 0.0}, "max_message_norm.*got 0.0"),
+        ({"max_message_norm": -1.0}, "max_message_norm.*got -1.0"),
+        ({"on_large_norm": "scale"}, "on_large_norm.*'scale'"),
+        ({"max_restarts": -1}, "max_restarts.*got -1"),
+        ({"backend_kwargs": {"address": "auto"}}, "backend_kwargs.*'address'"),
+        ({"backend": "subprocess", "backend_kwargs": {"timeout": 1}}, "backend_kwargs.*'timeout'.*close_timeout"),
+        ({"backend_kwargs": ["address"]}, "backend_kwargs"),
     ],
 )
 def test_bad_arguments_raise(kwargs: dict[str, Any], match: str):
     with pytest.raises(ValueError, match=match):
         make_cartpole_model(**kwargs)
+
+
+def test_policy_that_does_not_fit_the_spaces_raises():
+    with pytest.raises(ValueError, match=r"policy='CandidatePolicy' cannot be built for the observation space Box"):
+        DADRL("CandidatePolicy", gym.make("CartPole-v1"), shard_kwarg=None, backend="inline")
+    with pytest.raises(ValueError, match=r"policy='MlpPolicy' needs a flat observation space.*Dict"):
+        DADRL("MlpPolicy", DictObservationEnv(), shard_kwarg=None, backend="inline")
+
+
+def test_ray_backend_is_imported_only_when_training(monkeypatch: pytest.MonkeyPatch):
+    model = make_cartpole_model(backend="ray", backend_kwargs={"address": "auto", "num_cpus": 2})
+    assert model.backend_kwargs == {"address": "auto", "num_cpus": 2}
+
+    # Without Ray, learn() says how to install it
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r'pip install "\.\[ray\]"'):
+        model.learn(16)
+    with pytest.raises(ImportError, match=r'pip install "\.\[ray\]"'):
+        make_backend("ray", [], address="auto")
+
+
+def test_backend_kwargs_reach_the_backend(monkeypatch: pytest.MonkeyPatch):
+    assert isinstance(make_backend("subprocess", [], close_timeout=2.0), SubprocessBackend)
+    assert make_backend("subprocess", [], close_timeout=2.0).close_timeout == 2.0  # type: ignore[attr-defined]
+
+    built: list[tuple[str, dict[str, Any]]] = []
+
+    def make_inline_backend(name: str, configs: list[Any], **backend_kwargs: Any) -> InlineBackend:
+        built.append((name, backend_kwargs))
+        return InlineBackend(configs)
+
+    monkeypatch.setattr(dadrl_module, "make_backend", make_inline_backend)
+    model = make_cartpole_model(backend="subprocess", backend_kwargs={"close_timeout": 2.0})
+    model.learn(32)
+    assert built == [("subprocess", {"close_timeout": 2.0})] and model.num_timesteps == 32
 
 
 def test_env_without_spec_raises():
