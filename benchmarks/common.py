@@ -23,17 +23,27 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 import recsys_gym  # noqa: F401  (registers OutbrainRec-v0)
-from dadrl_sb3 import DADRL, DoubleDQN, LinUCB
+from dadrl_sb3 import A2CD, A2CF, DADRL, DoubleDQN, LinUCB
 from dadrl_sb3.baselines import MostPopular, RandomRecommender
 from dadrl_sb3.common.candidate_policies import CandidateActorCriticPolicy, CandidateDQNPolicy, transfer_candidate_policy
 
 logger = logging.getLogger("benchmarks")
 
 #: Methods the benchmark knows, in table order, and whether they learn.
-METHODS = {"DADRL": True, "DQN": True, "DDQN": True, "A2C": True, "LinUCB": True, "MostPopular": False, "Random": False}
+METHODS = {
+    "DADRL": True,
+    "DQN": True,
+    "DDQN": True,
+    "A2C": True,
+    "A2C-D": True,
+    "A2C-F": True,
+    "LinUCB": True,
+    "MostPopular": False,
+    "Random": False,
+}
 
 #: Methods whose model is a neural network trained by SB3-style ``learn`` (the others need no policy transfer).
-NEURAL = ("DADRL", "DQN", "DDQN", "A2C")
+NEURAL = ("DADRL", "DQN", "DDQN", "A2C", "A2C-D", "A2C-F")
 
 #: The main job's methods under ``--quick``: DADRL, SB3's own DQN and A2C, and the two sanity floors.
 QUICK_METHODS = ("DADRL", "DQN", "A2C", "MostPopular", "Random")
@@ -95,6 +105,9 @@ def make_model(name: str, env: gym.Env, policy: str, seed: int, n_workers: int, 
     value_based = {"learning_starts": 500, "buffer_size": 50_000, "exploration_fraction": 0.2, "target_update_interval": 500}
     if name == "DADRL":
         return DADRL("CandidatePolicy" if candidate else "MlpPolicy", env, n_workers=n_workers, **actor_critic, **common)
+    if name in ("A2C-D", "A2C-F"):
+        synchronous = A2CD if name == "A2C-D" else A2CF
+        return synchronous("CandidatePolicy" if candidate else "MlpPolicy", env, n_workers=n_workers, **actor_critic, **common)
     if name == "A2C":
         return A2C(CandidateActorCriticPolicy if candidate else "MlpPolicy", env, **actor_critic, **common)
     if name in ("DQN", "DDQN"):

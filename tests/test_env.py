@@ -189,7 +189,23 @@ def test_render_ansi(tiny_dataset: CompactDataset) -> None:
     assert isinstance(text, str) and "user u1" in text and "episode over" in text
 
 
-@pytest.mark.filterwarnings("ignore:.*render_mode='human'")
+def test_render_rgb_array_and_make_vec_env(tiny_dataset: CompactDataset) -> None:
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = gym.make("OutbrainRec-v0", dataset=tiny_dataset, k=3, split="test", render_mode="rgb_array")
+    _, info = env.reset(seed=0, options={"user_index": 0})
+    slot = int(np.flatnonzero(info["candidate_items"] == 0)[0])
+    env.step(slot)
+    image = env.render()
+    assert isinstance(image, np.ndarray) and image.shape == (16, 58, 3) and image.dtype == np.uint8
+    # The pick was the click: its cell is green.
+    assert image[8, 2 + slot * 14 + 6].tolist() == [40, 170, 60]
+    # SB3's make_vec_env asks for render_mode="rgb_array" by default.
+    vec_env = make_vec_env("OutbrainRec-v0", n_envs=2, env_kwargs={"k": 3})
+    assert vec_env.num_envs == 2
+
+
+@pytest.mark.filterwarnings("ignore:.*render_mode='video'")
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -198,7 +214,7 @@ def test_render_ansi(tiny_dataset: CompactDataset) -> None:
         ({"split": "valid"}, "split must be one of"),
         ({"obs_mode": "image"}, "obs_mode must be one of"),
         ({"user_shard": (3, 3)}, "user_shard must be"),
-        ({"render_mode": "human"}, "render_mode must be None or one of"),
+        ({"render_mode": "video"}, "render_mode must be None or one of"),
         ({"dataset": "netflix"}, "dataset must be one of"),
     ],
 )

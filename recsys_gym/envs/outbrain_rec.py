@@ -113,14 +113,16 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
         ``~/.cache/recsys_gym`` when ``None``.
     :param dataset_kwargs: further arguments of :func:`recsys_gym.data.load_dataset`
         (``test_fraction``, ``content_dim``, ``cf_dim``, ``min_rating``, ``synthetic_kwargs``).
-    :param render_mode: ``None`` or ``"ansi"``.
+    :param render_mode: ``None``, ``"ansi"`` (text: the user, the last pick and the candidate items) or
+        ``"rgb_array"`` (one cell per candidate slot: the last pick in blue, or green when it was the
+        click, the missed click in orange; SB3's ``make_vec_env`` asks for this mode by default).
 
     ## Version History
 
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012  (Gymnasium declares it a plain dict attribute)
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012  (Gymnasium declares it a plain dict attribute)
 
     def __init__(
         self,
@@ -277,7 +279,9 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
         info = {**self._info(), **self._last_step}
         return self._observation(), float(clicked), terminated, False, info
 
-    def render(self) -> str | None:
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode == "rgb_array":
+            return self._render_cells()
         if self.render_mode != "ansi":
             return None
         data = self.dataset
@@ -294,6 +298,21 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
         else:
             lines.append("  episode over")
         return "\n".join(lines) + "\n"
+
+    def _render_cells(self, cell: int = 12) -> np.ndarray:
+        """An RGB image of the last candidate set acted on: one grey cell per slot, the pick and the click coloured."""
+        image = np.full((cell + 4, (self.k + 1) * (cell + 2) + 2, 3), 255, dtype=np.uint8)
+        colours = [np.array([200, 200, 200], dtype=np.uint8)] * (self.k + 1)
+        if self._last_step:
+            picked, clicked = self._last_step["picked_slot"], self._last_step["clicked_index"]
+            colours[clicked] = np.array([255, 150, 0], dtype=np.uint8)
+            colours[picked] = (
+                np.array([40, 170, 60], dtype=np.uint8) if picked == clicked else np.array([50, 90, 220], dtype=np.uint8)
+            )
+        for slot, colour in enumerate(colours):
+            left = 2 + slot * (cell + 2)
+            image[2 : 2 + cell, left : left + cell] = colour
+        return image
 
     # -- internals -----------------------------------------------------------------------------
     def _as_slot(self, action: Any) -> int:
