@@ -48,11 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timesteps", type=int, default=20_000, help="environment steps per measured learn() call")
     parser.add_argument("--k", type=int, default=10, help="negatives per candidate set")
     parser.add_argument("--n-steps", type=int, default=5, help="rollout length of DADRL devices and A2C")
+    parser.add_argument(
+        "--envs-per-device", type=int, default=8, help="sessions each DADRL device steps side by side per message"
+    )
     parser.add_argument("--learner-messages", type=int, default=3000, help="messages applied when measuring the learner")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/throughput", help="folder for the results")
     args = parser.parse_args(argv)
-    for name in ("timesteps", "k", "n_steps", "learner_messages"):
+    for name in ("timesteps", "k", "n_steps", "envs_per_device", "learner_messages"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
@@ -109,7 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     warm.learn(total_timesteps=200)
     for n_workers in (1, 2):
         env = gym.make("OutbrainRec-v0", **env_kwargs)
-        model = DADRL("CandidatePolicy", env, n_workers=n_workers, n_steps=args.n_steps, seed=args.seed)
+        model = DADRL(
+            "CandidatePolicy",
+            env,
+            n_workers=n_workers,
+            n_steps=args.n_steps,
+            envs_per_device=args.envs_per_device,
+            seed=args.seed,
+        )
         record("DADRL", n_workers, *timed_learn(model, args.timesteps))
 
     # SB3's A2C with 1 and 8 environments in one process.
@@ -131,17 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     record("SB3 DQN", 1, *timed_learn(dqn, args.timesteps))
 
     # The learner alone: messages per second, and the environment steps per second they stand for.
-    per_second = learner_ceiling(gym.make("OutbrainRec-v0", **env_kwargs), args.learner_messages, args.n_steps, args.seed)
+    message_steps = args.n_steps * args.envs_per_device
+    per_second = learner_ceiling(gym.make("OutbrainRec-v0", **env_kwargs), args.learner_messages, message_steps, args.seed)
     rows.append(
         {
             "method": "DADRL learner ceiling",
             "parallelism": 0,
-            "steps": args.learner_messages * args.n_steps,
+            "steps": args.learner_messages * message_steps,
             "seconds": args.learner_messages / per_second,
-            "steps_per_s": per_second * args.n_steps,
+            "steps_per_s": per_second * message_steps,
         }
     )
-    logger.info("learner: %.0f messages/s = %.0f steps/s at n_steps=%d", per_second, per_second * args.n_steps, args.n_steps)
+    logger.info(
+        "learner: %.0f messages/s = %.0f steps/s at %d steps per message",
+        per_second,
+        per_second * message_steps,
+        message_steps,
+    )
 
     # Ratios to SB3 A2C with 8 environments, and the files.
     table = pd.DataFrame(rows)
@@ -153,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Training throughput on OutbrainRec-v0",
         "",
         f"- k={args.k}, candidate-scoring network, {args.timesteps} steps per learn(), n_steps={args.n_steps}, "
-        "one torch thread per process",
+        f"DADRL envs_per_device={args.envs_per_device} ({message_steps} steps per message), one torch thread per process",
         f"- machine: {metadata['machine']['cpu_count']} CPUs, {metadata['machine']['platform']}; commit {metadata['git']}",
         f"- command: `{metadata['command']}`",
         "",
@@ -167,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"DADRL speed-up from 1 to 2 devices: {dadrl[2] / dadrl[1]:.2f}x.",
         "The learner ceiling is measured with devices that cost nothing: the rate at which the learner alone "
-        "validates and applies messages, times n_steps.",
+        "validates and applies messages, times the steps per message (n_steps x envs_per_device).",
         "",
     ]
     (out / "throughput.md").write_text("\n".join(lines), encoding="utf-8")

@@ -717,3 +717,93 @@ def test_device_counts_clicks_on_outbrain():
     device.close()
     assert message.impressions == 32 and 0 <= message.clicks <= 32
     assert sum(message.episode_returns) <= message.clicks
+
+
+# Devices that run several sessions of their user shard side by side
+
+
+def test_two_environment_columns_get_their_own_hand_computed_returns():
+    """The terminated case of the bootstrapping test above, with ``envs_per_device=2``: both environments (columns)
+    count the same steps, so each column's targets are the single-environment ones. Episodes end at step 2 of
+    each column, i.e. at rollout indices ``2 * 2 + 0`` and ``2 * 2 + 1`` of the 8-step message."""
+    spec = EnvSpec(id="StepCounter-v0", entry_point=StepCounterEnv, kwargs={"terminate_after": 3})
+    column_returns = np.array([1 + 0.9 * (1 + 0.9), 1 + 0.9, 1.0, 1 + 0.9 * 1])
+    column_values = np.array([0.0, 1.0, 2.0, 0.0])
+    model = DADRL(
+        "MlpPolicy", gym.make(spec), n_workers=1, n_steps=4, gamma=0.9, gae_lambda=1.0, shard_kwarg=None,
+        backend="inline", seed=0, policy_kwargs={"net_arch": []}, envs_per_device=2,
+    )  # fmt: skip
+    with th.no_grad():
+        model.policy.value_net.weight.copy_(th.tensor([[1.0, 0.0]]))
+        model.policy.value_net.bias.zero_()
+    config = model._device_configs()[0]
+    assert config.n_envs == 2
+    device = Device(config)
+    message = device.compute_gradients(model._weights(), version=0)
+    device.close()
+
+    # The helper applied to each column gives the same targets, and the value loss is their mean squared error
+    rewards = np.ones(4, dtype=np.float32)
+    ended = np.array([False, False, True, False])
+    returns, _ = compute_returns_and_advantages(rewards, column_values.astype(np.float32), ended, 1.0, 0.9, 1.0)
+    np.testing.assert_allclose(returns, column_returns, rtol=1e-6)
+    assert message.n_steps == 8
+    assert message.episode_ends == [4, 5] and message.episode_lengths == [3, 3] and message.episode_returns == [3.0, 3.0]
+    assert message.value_loss == pytest.approx(np.mean((column_returns - column_values) ** 2), rel=1e-5)
+
+
+def test_one_message_carries_every_environment_of_the_device():
+    """Three CartPole sessions of 8 steps each make one 24-step message; the learner counts all 24 steps for
+    callbacks and places every episode end on a distinct step of them."""
+    model = make_cartpole_model(n_workers=1, n_steps=8, envs_per_device=3)
+    device = Device(model._device_configs()[0])
+    assert len(device.envs) == 3 and device.env is device.envs[0]
+    messages = [device.compute_gradients(model._weights(), version=0) for _ in range(4)]
+    device.close()
+    assert all(message.n_steps == 24 and validate_statistics(message) is None for message in messages)
+    assert sum(len(message.episode_ends) for message in messages) >= 1
+
+    # The learner applies one update per message and counts every step and episode
+    class Recorder(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n_episodes = 0
+
+        def _on_step(self) -> bool:
+            self.n_episodes += sum("episode" in info for info in self.locals["infos"])
+            return True
+
+    recorder = Recorder()
+    model.learn(240, callback=recorder)
+    assert recorder.n_calls == model.num_timesteps == 240 and model.version == 10
+    assert recorder.n_episodes == model._episode_num >= 5
+
+
+def test_environments_of_all_devices_get_distinct_seeds():
+    model = make_cartpole_model(n_workers=3, envs_per_device=4, seed=10)
+    seeds = [config.seed + index for config in model._device_configs() for index in range(config.n_envs)]
+    assert sorted(seeds) == list(range(10, 22))
+
+
+@needs_outbrain
+def test_inline_learns_outbrain_with_four_environments_per_device():
+    """With k=4 a random pick hits the click 1 time in 5 (CTR 0.2). Two devices, each stepping four sessions of
+    its user shard for 4 steps per message (16 steps, as the single-environment test), must reach a training
+    CTR above 0.4 over steps ~1,000 to 2,000."""
+    candidate_policies = pytest.importorskip("dadrl_sb3.common.candidate_policies")
+    env = gym.make("OutbrainRec-v0", k=4, obs_mode="dict")
+    model = DADRL(
+        candidate_policies.CandidateActorCriticPolicy, env, n_workers=2, n_steps=4, envs_per_device=4,
+        backend="inline", seed=0, learning_rate=2e-3,
+    )  # fmt: skip
+    output = CaptureOutput()
+    model.set_logger(Logger(folder=None, output_formats=[output]))
+    model.learn(2_000, log_interval=62)
+    ctrs = [dump["rollout/ctr"] for dump in output.dumps]
+    assert len(ctrs) == 2 and ctrs[-1] > 0.4
+
+
+@pytest.mark.parametrize("envs_per_device", [0, -1, 1.5, True])
+def test_bad_envs_per_device_raises(envs_per_device: Any):
+    with pytest.raises(ValueError, match=f"envs_per_device must be an integer >= 1, got {re.escape(repr(envs_per_device))}"):
+        make_cartpole_model(envs_per_device=envs_per_device)

@@ -1,10 +1,11 @@
 """A DADRL device: one shard of users, a local copy of the policy, and the gradient it sends.
 
-A device is what the paper calls a user's device. It owns an environment built for its shard of
-users, runs ``n_steps`` of it with a local copy of the global actor-critic network, computes the
-advantage actor-critic loss on that rollout and returns **only** the gradient of the loss, the
-model version it was computed on and a few scalar statistics (:class:`GradientMessage`). It
-never returns observations, actions, rewards or infos.
+A device is what the paper calls a user's device. It owns ``n_envs`` environments built for its
+shard of users (sessions of that shard run side by side), runs ``n_steps`` of each with a local copy
+of the global actor-critic network, computes the advantage actor-critic loss on that
+``n_steps x n_envs`` rollout and returns **only** the gradient of the loss, the model version it was
+computed on and a few scalar statistics (:class:`GradientMessage`). It never returns observations,
+actions, rewards or infos.
 
 The same :class:`Device` runs in a worker process (``backend="subprocess"``) or in the learner's
 process (``backend="inline"``); see :mod:`dadrl_sb3.common.backends`.
@@ -37,12 +38,15 @@ class DeviceConfig:
     :param policy_kwargs: Keyword arguments of ``policy_class``.
     :param observation_space: Observation space the policy is built for.
     :param action_space: Action space the policy is built for.
-    :param n_steps: Environment steps per rollout, i.e. per gradient sent.
+    :param n_steps: Steps of each environment per rollout, i.e. per gradient sent.
     :param gamma: Discount factor.
     :param gae_lambda: GAE factor; 1.0 gives plain n-step returns.
     :param ent_coef: Weight of the entropy bonus in the loss.
     :param vf_coef: Weight of the value loss in the loss.
-    :param seed: Seed of the device's environment and of its action sampling; ``None`` draws one.
+    :param seed: Seed of the device's first environment and of its action sampling (environment ``i`` is
+        seeded with ``seed + i``); ``None`` draws one.
+    :param n_envs: Environments of the device's user shard stepped side by side, each for ``n_steps`` steps
+        per rollout, with batched forward passes (default 1).
     """
 
     index: int
@@ -57,6 +61,7 @@ class DeviceConfig:
     ent_coef: float
     vf_coef: float
     seed: int | None = None
+    n_envs: int = 1
 
 
 @dataclass(frozen=True)
@@ -65,15 +70,18 @@ class GradientMessage:
 
     :param version: Version of the global weights the gradients were computed on.
     :param gradients: Gradient of the loss, one float32 array per tensor of ``policy.parameters()``, in order.
-    :param n_steps: Environment steps taken in this rollout.
+    :param n_steps: Environment steps taken in this rollout, summed over the device's environments
+        (``n_steps * n_envs`` of its :class:`DeviceConfig`).
     :param episode_returns: Undiscounted return of each episode that ended in this rollout.
     :param episode_lengths: Length, in steps, of each episode that ended in this rollout (steps of earlier
         rollouts included).
-    :param episode_ends: Index, within this rollout, of the step that ended each of those episodes.
+    :param episode_ends: Index, within this rollout, of the step that ended each of those episodes. Steps are
+        counted step by step and, within a step, environment by environment: step ``t`` of environment
+        ``i`` has index ``t * n_envs + i``.
     :param policy_loss: Policy-gradient loss of the rollout.
     :param value_loss: Value-function loss (mean squared error to the returns).
     :param entropy_loss: Minus the mean entropy of the policy.
-    :param clicks: Steps whose ``info["clicked"]`` was true.
+    :param clicks: Steps whose ``info["clicked"]`` was true (over all the device's environments).
     :param impressions: Steps whose ``info`` had a ``"clicked"`` key (0 for environments without clicks).
     """
 
@@ -147,23 +155,28 @@ def _stack_observations(observations: list[Any]) -> np.ndarray | dict[str, np.nd
 
 
 class Device:
-    """One DADRL device: its shard's environment and a local policy copy that turns weights into gradients.
+    """One DADRL device: its shard's environments and a local policy copy that turns weights into gradients.
 
-    The environment keeps running across rollouts (an episode may span several of them); the policy
+    The environments keep running across rollouts (an episode may span several of them); the policy
     copy is overwritten by the weights received before each rollout. The device keeps its own PyTorch
     random state, so its action sampling does not depend on which process it runs in or on what else
-    runs there.
+    runs there. With ``n_envs > 1`` it steps ``n_envs`` sessions of its user shard side by side, as SB3's
+    A2C steps a vectorized environment: one batched forward pass per step, returns computed per
+    environment, and one gradient for the whole ``n_steps x n_envs`` rollout.
 
     :param config: How to build the device.
     """
 
     def __init__(self, config: DeviceConfig) -> None:
+        if not isinstance(config.n_envs, int) or isinstance(config.n_envs, bool) or config.n_envs < 1:
+            raise ValueError(f"n_envs of device {config.index} must be an integer >= 1, got {config.n_envs!r}")
         self.config = config
-        self.env = gym.make(config.env_spec)
-        if self.env.observation_space != config.observation_space or self.env.action_space != config.action_space:
+        self.envs: list[gym.Env] = [gym.make(config.env_spec) for _ in range(config.n_envs)]
+        env = self.envs[0]
+        if env.observation_space != config.observation_space or env.action_space != config.action_space:
             raise ValueError(
-                f"device {config.index} built an environment with observation space {self.env.observation_space} and "
-                f"action space {self.env.action_space}, but the policy expects {config.observation_space} and "
+                f"device {config.index} built an environment with observation space {env.observation_space} and "
+                f"action space {env.action_space}, but the policy expects {config.observation_space} and "
                 f"{config.action_space}"
             )
 
@@ -184,9 +197,17 @@ class Device:
         self.policy: ActorCriticPolicy = policy
         self.policy.set_training_mode(False)
 
-        self._last_obs, _ = self.env.reset(seed=config.seed)
-        self._episode_return = 0.0
-        self._episode_length = 0
+        # Each environment starts its own sessions: environment i is seeded with seed + i
+        self._last_obs: list[Any] = [
+            env.reset(seed=None if config.seed is None else config.seed + index)[0] for index, env in enumerate(self.envs)
+        ]
+        self._episode_returns = [0.0] * config.n_envs
+        self._episode_lengths = [0] * config.n_envs
+
+    @property
+    def env(self) -> gym.Env:
+        """The device's first environment (its only one when ``n_envs=1``)."""
+        return self.envs[0]
 
     def load_weights(self, weights: ParameterArrays) -> None:
         """Overwrite the local policy with the global weights (one array per tensor of ``policy.parameters()``)."""
@@ -221,64 +242,80 @@ class Device:
             return int(action)
         return action
 
+    def _values(self, observations: list[Any]) -> np.ndarray:
+        """Value estimates of a list of observations, one batched forward pass without gradient; shape ``(len,)``."""
+        with th.no_grad():
+            obs_tensor, _ = self.policy.obs_to_tensor(_stack_observations(observations))
+            return self.policy.predict_values(obs_tensor).cpu().numpy().flatten()
+
     def _value(self, obs: Any) -> float:
         """Value estimate of one observation, without gradient."""
-        with th.no_grad():
-            obs_tensor, _ = self.policy.obs_to_tensor(obs)
-            return float(self.policy.predict_values(obs_tensor).item())
+        return float(self._values([obs])[0])
 
     def _rollout_and_backward(self, version: int) -> GradientMessage:
         config = self.config
         policy = self.policy
+        n_envs = config.n_envs
+        # Observations and actions are kept step by step, environment by environment within a step
         observations: list[Any] = []
         actions: list[np.ndarray] = []
-        rewards = np.zeros(config.n_steps, dtype=np.float32)
-        values = np.zeros(config.n_steps, dtype=np.float32)
-        episode_ended = np.zeros(config.n_steps, dtype=bool)
+        rewards = np.zeros((config.n_steps, n_envs), dtype=np.float32)
+        values = np.zeros((config.n_steps, n_envs), dtype=np.float32)
+        episode_ended = np.zeros((config.n_steps, n_envs), dtype=bool)
         episode_returns: list[float] = []
         episode_lengths: list[int] = []
         episode_ends: list[int] = []
         clicks = impressions = 0
 
-        # Collect the rollout with sampled actions, continuing the episode left by the previous rollout
+        # Collect the rollout with sampled actions, continuing the episodes left by the previous rollout
         for step in range(config.n_steps):
             with th.no_grad():
-                obs_tensor, _ = policy.obs_to_tensor(self._last_obs)
+                obs_tensor, _ = policy.obs_to_tensor(_stack_observations(self._last_obs))
                 action_tensor, value_tensor, _ = policy(obs_tensor)
-            action = action_tensor.cpu().numpy()[0]
-            new_obs, reward, terminated, truncated, info = self.env.step(self._env_action(action))
+            step_actions = action_tensor.cpu().numpy()
+            values[step] = value_tensor.cpu().numpy().flatten()
 
-            observations.append(self._last_obs)
-            actions.append(action)
-            values[step] = value_tensor.item()
-            rewards[step] = float(reward)
-            self._episode_return += float(reward)
-            self._episode_length += 1
-            if "clicked" in info:
-                impressions += 1
-                clicks += int(bool(info["clicked"]))
+            for env_index, env in enumerate(self.envs):
+                action = step_actions[env_index]
+                new_obs, reward, terminated, truncated, info = env.step(self._env_action(action))
+                observations.append(self._last_obs[env_index])
+                actions.append(action)
+                rewards[step, env_index] = float(reward)
+                self._episode_returns[env_index] += float(reward)
+                self._episode_lengths[env_index] += 1
+                if "clicked" in info:
+                    impressions += 1
+                    clicks += int(bool(info["clicked"]))
 
-            # A truncated (not terminated) episode would have gone on: bootstrap from its final observation
-            if truncated and not terminated:
-                rewards[step] += config.gamma * self._value(new_obs)
+                # A truncated (not terminated) episode would have gone on: bootstrap from its final observation
+                if truncated and not terminated:
+                    rewards[step, env_index] += config.gamma * self._value(new_obs)
 
-            # An ended episode is recorded and the environment reset; its last value is never used
-            if terminated or truncated:
-                episode_ended[step] = True
-                episode_returns.append(self._episode_return)
-                episode_lengths.append(self._episode_length)
-                episode_ends.append(step)
-                self._episode_return, self._episode_length = 0.0, 0
-                new_obs, _ = self.env.reset()
-            self._last_obs = new_obs
+                # An ended episode is recorded and the environment reset; its last value is never used
+                if terminated or truncated:
+                    episode_ended[step, env_index] = True
+                    episode_returns.append(self._episode_returns[env_index])
+                    episode_lengths.append(self._episode_lengths[env_index])
+                    episode_ends.append(step * n_envs + env_index)
+                    self._episode_returns[env_index], self._episode_lengths[env_index] = 0.0, 0
+                    new_obs, _ = env.reset()
+                self._last_obs[env_index] = new_obs
 
-        # Bootstrap from the next observation only when the rollout stopped mid-episode
-        last_value = 0.0 if episode_ended[-1] else self._value(self._last_obs)
-        returns, advantages = compute_returns_and_advantages(
-            rewards, values, episode_ended, last_value, config.gamma, config.gae_lambda
-        )
+        # Returns per environment, bootstrapped from the next observation only where the rollout stopped mid-episode
+        last_values = np.zeros(n_envs, dtype=np.float32) if episode_ended[-1].all() else self._values(self._last_obs)
+        returns = np.zeros_like(rewards)
+        advantages = np.zeros_like(rewards)
+        for env_index in range(n_envs):
+            returns[:, env_index], advantages[:, env_index] = compute_returns_and_advantages(
+                rewards[:, env_index],
+                values[:, env_index],
+                episode_ended[:, env_index],
+                float(last_values[env_index]),
+                config.gamma,
+                config.gae_lambda,
+            )
 
-        # Advantage actor-critic loss of the whole rollout, recomputed with gradient
+        # Advantage actor-critic loss of the whole rollout, recomputed with gradient in one batch
         obs_batch, _ = policy.obs_to_tensor(_stack_observations(observations))
         action_batch = th.as_tensor(np.stack(actions), device=policy.device)
         if isinstance(config.action_space, spaces.Discrete):
@@ -286,8 +323,8 @@ class Device:
         policy.set_training_mode(True)
         new_values, log_prob, entropy = policy.evaluate_actions(obs_batch, action_batch)
         policy.set_training_mode(False)
-        advantages_tensor = th.as_tensor(advantages, device=policy.device)
-        returns_tensor = th.as_tensor(returns, device=policy.device)
+        advantages_tensor = th.as_tensor(advantages.flatten(), device=policy.device)
+        returns_tensor = th.as_tensor(returns.flatten(), device=policy.device)
         policy_loss = -(advantages_tensor * log_prob).mean()
         value_loss = th.nn.functional.mse_loss(returns_tensor, new_values.flatten())
         entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
@@ -305,7 +342,7 @@ class Device:
         return GradientMessage(
             version=version,
             gradients=gradients,
-            n_steps=config.n_steps,
+            n_steps=config.n_steps * n_envs,
             episode_returns=episode_returns,
             episode_lengths=episode_lengths,
             episode_ends=episode_ends,
@@ -317,5 +354,6 @@ class Device:
         )
 
     def close(self) -> None:
-        """Close the device's environment."""
-        self.env.close()
+        """Close the device's environments."""
+        for env in self.envs:
+            env.close()

@@ -226,7 +226,13 @@ class DADRL(BaseAlgorithm):
         progress remaining (from 1 to 0).
     :param n_workers: Number of devices (default 2); one worker process each with ``backend="subprocess"``.
     :param n_steps: Environment steps per device rollout, i.e. per gradient sent (default 5, the t_max of A3C
-        in Mnih et al. 2016).
+        in Mnih et al. 2016); with ``envs_per_device > 1``, steps of each of the device's environments.
+    :param envs_per_device: Sessions of its own user shard that each device runs side by side (default 1).
+        Device ``i`` steps ``envs_per_device`` copies of its environment (seeded ``seed_i``, ``seed_i + 1``,
+        ...), with one batched forward pass per step as SB3's A2C does for a vectorized environment, computes
+        returns per environment (the bootstrapping rules below hold for each) and sends one gradient for the
+        whole ``n_steps * envs_per_device`` steps. Larger values mean fewer, larger messages, so that the
+        learner applying them is less of a bottleneck.
     :param gamma: Discount factor, in (0, 1] (default 0.99).
     :param gae_lambda: Factor of the generalized advantage estimator, in [0, 1] (default 1.0, which gives
         the n-step returns of A3C).
@@ -267,8 +273,9 @@ class DADRL(BaseAlgorithm):
     :param policy_kwargs: Additional arguments passed to the policy on creation (default None).
     :param verbose: Verbosity level: 0 no output, 1 info (the log table, device restarts), 2 debug (also every
         rejected or dropped message) (default 0).
-    :param seed: Seed of the learner's random generators; device ``i`` is seeded with ``seed + i`` in the
-        first ``learn()`` call and with fresh offsets in later ones and on restarts (default None).
+    :param seed: Seed of the learner's random generators; device ``i`` is seeded with
+        ``seed + i * envs_per_device`` in the first ``learn()`` call and with fresh offsets in later ones and
+        on restarts (default None).
     :param device: PyTorch device of the learner (default ``"cpu"``); devices always run on the CPU.
     :param _init_setup_model: Whether to build the network at creation (SB3's ``load`` passes False).
     """
@@ -310,6 +317,7 @@ class DADRL(BaseAlgorithm):
         seed: int | None = None,
         device: th.device | str = "cpu",
         _init_setup_model: bool = True,
+        envs_per_device: int = 1,
     ) -> None:
         _check_arguments(
             learning_rate=learning_rate,
@@ -331,6 +339,7 @@ class DADRL(BaseAlgorithm):
             max_restarts=max_restarts,
             shard_kwarg=shard_kwarg,
             stats_window_size=stats_window_size,
+            envs_per_device=envs_per_device,
         )
 
         # SB3 refuses "MlpPolicy" with Dict observations on its own, but without naming the space
@@ -359,6 +368,7 @@ class DADRL(BaseAlgorithm):
         )
         self.n_workers = n_workers
         self.n_steps = n_steps
+        self.envs_per_device = envs_per_device
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.ent_coef = ent_coef
@@ -493,10 +503,15 @@ class DADRL(BaseAlgorithm):
                     gae_lambda=self.gae_lambda,
                     ent_coef=self.ent_coef,
                     vf_coef=self.vf_coef,
-                    seed=None if self.seed is None else self.seed + seed_offset + index,
+                    seed=self._device_seed(seed_offset + index),
+                    n_envs=self.envs_per_device,
                 )
             )
         return configs
+
+    def _device_seed(self, offset: int) -> int | None:
+        """Seed of a device's first environment, spaced so that no two environments of any devices share one."""
+        return None if self.seed is None else self.seed + offset * self.envs_per_device
 
     def _weights(self) -> ParameterArrays:
         """The global weights as one float32 array per tensor of ``policy.parameters()``."""
@@ -652,7 +667,7 @@ class DADRL(BaseAlgorithm):
         the last update applied. While it runs, :attr:`device_pids` gives the workers' process ids.
 
         :param total_timesteps: Environment steps to train on, summed over devices (a lower bound: the
-            last messages may overshoot it by up to ``n_steps`` each).
+            last messages may overshoot it by up to ``n_steps * envs_per_device`` each).
         :param callback: Callback(s) called once per device environment step.
         :param log_interval: Number of device messages between two log dumps.
         :param tb_log_name: Name of the run in TensorBoard.
@@ -725,7 +740,7 @@ class DADRL(BaseAlgorithm):
         # Same user shard, fresh seed: the new worker does not replay its predecessor's episodes
         seed = None
         if self.seed is not None:
-            seed = self.seed + self._device_seed_offset + index
+            seed = self._device_seed(self._device_seed_offset + index)
             self._device_seed_offset += self.n_workers
         config = dataclasses.replace(configs[index], seed=seed)
         try:
@@ -791,9 +806,15 @@ def _check_arguments(
     max_restarts: int,
     shard_kwarg: str | None,
     stats_window_size: int,
+    envs_per_device: int = 1,
 ) -> None:
     """Raise a ``ValueError`` naming the first constructor argument of :class:`DADRL` that is out of range."""
-    for name, count in (("n_workers", n_workers), ("n_steps", n_steps), ("stats_window_size", stats_window_size)):
+    for name, count in (
+        ("n_workers", n_workers),
+        ("n_steps", n_steps),
+        ("envs_per_device", envs_per_device),
+        ("stats_window_size", stats_window_size),
+    ):
         if not _is_integer(count) or count < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
     if max_staleness is not None and (not _is_integer(max_staleness) or max_staleness < 0):
