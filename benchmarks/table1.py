@@ -54,6 +54,9 @@ from recsys_gym.evaluation import PAPER_KS, evaluate_one_plus_k
 
 logger = logging.getLogger("benchmarks.table1")
 
+#: Files a run writes into ``--out``.
+RESULT_FILES = ("table1.csv", "table1.md", "figure2.png", "curves.csv", "run.json")
+
 #: Offset between a run's training seed and the seed of its evaluation candidate sets.
 EVAL_SEED_OFFSET = 10_000
 
@@ -76,16 +79,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         choices=list(METHODS),
-        help="methods to run (default all; --quick: the five of the main job)",
+        help="methods to run [all; --quick: the five of the main job]",
     )
     parser.add_argument("--policy", default="candidate", choices=["candidate", "mlp"], help="network of the neural methods")
     parser.add_argument("--train-k", type=int, default=10, help="k used for training with --policy candidate")
-    parser.add_argument("--timesteps", type=int, default=None, help="training steps per run (default 100000, --quick 20000)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2, --quick 0)")
+    parser.add_argument("--timesteps", type=int, default=None, help="training steps per run [100000; --quick: 20000]")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds [0 1 2; --quick: 0]")
     parser.add_argument("--n-workers", type=int, default=2, help="DADRL devices (worker processes)")
     parser.add_argument("--gamma", type=float, default=0.9, help="discount factor of every RL method")
     parser.add_argument(
-        "--max-test-impressions", type=int, default=None, help="cap on test impressions per k (default all, --quick 3000)"
+        "--max-test-impressions", type=int, default=None, help="cap on test impressions per k [all; --quick: 3000]"
     )
     parser.add_argument("--window", type=int, default=200, help="episodes in the moving average of Figure 2")
     parser.add_argument("--out", default="runs/table1", help="folder for the results")
@@ -101,6 +104,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.max_test_impressions = 3000
     if any(k < 1 for k in args.ks):
         parser.error(f"--ks must all be >= 1, got {args.ks}")
+    if any(seed < 0 for seed in args.seeds):
+        parser.error(f"--seeds must all be >= 0, got {args.seeds}")
+    for option in ("ks", "seeds", "methods"):
+        values = getattr(args, option)
+        if len(set(values)) != len(values):
+            parser.error(f"--{option} lists a value twice ({values}); repeated runs would be averaged as if independent")
+    if not 0.0 < args.gamma <= 1.0:
+        parser.error(f"--gamma must lie in (0, 1], got {args.gamma}")
+    if args.train_k < 1:
+        parser.error(f"--train-k must be >= 1, got {args.train_k}")
+    if args.window < 1:
+        parser.error(f"--window must be >= 1 episode, got {args.window}")
+    if args.max_test_impressions is not None and args.max_test_impressions < 1:
+        parser.error(f"--max-test-impressions must be >= 1, got {args.max_test_impressions}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out must be a folder, but {args.out} is a file")
     if args.timesteps < 1:
         parser.error(f"--timesteps must be >= 1, got {args.timesteps}")
     if args.n_workers < 1:
@@ -114,6 +133,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> pd.DataFrame:
     """Train and evaluate every (seed, method) pair and write the result files."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # Results of an earlier run in the same folder would sit beside this run's: remove them first.
+    for name in RESULT_FILES:
+        (out / name).unlink(missing_ok=True)
     env_kwargs: dict[str, Any] = {"dataset": args.dataset, "data_dir": args.data_dir, "negatives": args.negatives}
     metadata = run_metadata(argv, args.seeds)
 
@@ -203,7 +225,11 @@ def markdown_table(results: pd.DataFrame, args: argparse.Namespace, metadata: di
         "# Table 1: One-Plus-k CTR on the test split",
         "",
         f"- data: {_title(args)}; {metadata['data']['test_impressions']} test impressions"
-        + (f", at most {args.max_test_impressions} scored per k" if args.max_test_impressions else ""),
+        + (
+            f", scoring whole test episodes until {args.max_test_impressions} per k are reached"
+            if args.max_test_impressions
+            else ""
+        ),
         f"- training: {args.timesteps} steps per run, seeds {args.seeds}, gamma {args.gamma}, DADRL devices {args.n_workers}; "
         + (
             f"neural methods trained once at k={args.train_k} and evaluated at every k"

@@ -8,7 +8,7 @@ Beside DADRL, the baselines of the paper that SB3 lacks: Double DQN, LinUCB, the
 from dadrl_sb3.a2c_d import A2CD
 from dadrl_sb3.a2c_f import A2CF
 from dadrl_sb3.baselines import MostPopular, RandomRecommender
-from dadrl_sb3.common.candidate_policies import CandidateActorCriticPolicy, CandidateDQNPolicy
+from dadrl_sb3.common.candidate_policies import CandidateActorCriticPolicy, CandidateDQNPolicy, transfer_candidate_policy
 from dadrl_sb3.dadrl import DADRL
 from dadrl_sb3.ddqn import DoubleDQN
 from dadrl_sb3.linucb import LinUCB
@@ -25,4 +25,5 @@ __all__ = [
     "LinUCB",
     "MostPopular",
     "RandomRecommender",
+    "transfer_candidate_policy",
 ]

@@ -1,9 +1,10 @@
-"""Train DADRL on the built-in data for a minute and compare it with Random and Most-Popular.
+"""Train DADRL on the built-in data for a few minutes and compare it with Random and Most-Popular.
 
 Run: ``python examples/quickstart.py``
 """
 
 import gymnasium as gym
+import torch
 
 import recsys_gym  # noqa: F401  (registers OutbrainRec-v0)
 from dadrl_sb3 import DADRL
@@ -11,6 +12,9 @@ from dadrl_sb3.baselines import MostPopular, RandomRecommender
 from recsys_gym import evaluate_one_plus_k
 
 if __name__ == "__main__":  # worker processes re-import this file; only the main process trains
+    # Small networks run faster on one thread; the devices use the other cores.
+    torch.set_num_threads(1)
+
     # The environment: built-in synthetic data in Outbrain's schema, 10 negatives per candidate set.
     env = gym.make("OutbrainRec-v0", k=10, obs_mode="dict")
 

@@ -72,8 +72,8 @@ def evaluate_one_plus_k(
         ``split`` is set to ``"test"`` and ``k`` to each value of ``ks``. When ``obs_mode`` is not
         given and the policy's ``observation_space`` is a ``Dict``, ``obs_mode="dict"`` is used.
     :param seed: seeds the candidate sets; the same seed gives every policy the same sets.
-    :param max_impressions: stop after the episode that reaches this many test impressions
-        (``None``: every test impression).
+    :param max_impressions: stop after the episode that reaches this many test impressions, so a
+        few more may be scored (``None``: every test impression).
     :param deterministic: passed to SB3's ``predict``.
     :param progress_bar: show a progress bar over the test impressions.
     :return: one row per ``k``: ``k``, ``ctr``, ``hits``, ``n_impressions``, ``random_floor``
@@ -81,10 +81,24 @@ def evaluate_one_plus_k(
     """
     import recsys_gym  # noqa: F401  (registers the environment in this process)
 
+    ks = [int(k) for k in ks]
+    if not ks:
+        raise ValueError("ks must name at least one k, got an empty list")
+    if max_impressions is not None and max_impressions < 1:
+        raise ValueError(f"max_impressions must be None or >= 1, got {max_impressions!r}")
+    if isinstance(policy, Mapping) and (missing := [k for k in ks if k not in policy]):
+        raise ValueError(f"policy maps k to policies but has none for k={missing}; it has k={sorted(policy)}")
     rows = []
     for k in ks:
         # Pick the policy for this k and the observation form it expects.
         chosen = policy[k] if isinstance(policy, Mapping) else policy
+        action_space = getattr(chosen, "action_space", None)
+        if isinstance(action_space, spaces.Discrete) and int(action_space.n) != k + 1:
+            raise ValueError(
+                f"the policy for k={k} was built for {action_space} (k={int(action_space.n) - 1}); pass a mapping "
+                "{k: policy} with one policy per k, or rebuild a candidate-scoring policy for each k "
+                "(dadrl_sb3.transfer_candidate_policy)"
+            )
         kwargs = {**dict(env_kwargs or {}), "split": "test", "k": int(k)}
         observation_space = getattr(chosen, "observation_space", None)
         if "obs_mode" not in kwargs and isinstance(observation_space, spaces.Dict):

@@ -11,8 +11,13 @@ import pytest
 from recsys_gym.data.dataset import BuildOptions, CompactDataset, build_dataset
 from recsys_gym.data.raw import RawLog
 
-#: Real Outbrain rows, read in place and never copied into the repository.
-OUTBRAIN_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "outbrain-sample"
+#: Real Outbrain rows, read in place and never copied into the repository: ``../shared/data/outbrain-sample``
+#: beside the checkout, or the folder named by ``$RECSYS_GYM_OUTBRAIN_SAMPLE``.
+OUTBRAIN_SAMPLE = Path(
+    os.environ.get(
+        "RECSYS_GYM_OUTBRAIN_SAMPLE", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "outbrain-sample"
+    )
+)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -103,3 +103,22 @@ def test_max_impressions_stops_after_the_episode_that_reaches_it() -> None:
 def test_a_policy_of_no_known_form_raises(tiny_dataset: CompactDataset) -> None:
     with pytest.raises(TypeError, match="policy must have act"):
         evaluate_one_plus_k(object(), ks=[1], env_kwargs={"dataset": tiny_dataset})
+
+
+def test_bad_evaluation_arguments_raise(tiny_dataset: CompactDataset) -> None:
+    kwargs = {"dataset": tiny_dataset}
+    with pytest.raises(ValueError, match="ks must name at least one k"):
+        evaluate_one_plus_k(lambda obs, info: 0, ks=[], env_kwargs=kwargs)
+    with pytest.raises(ValueError, match="max_impressions must be None or >= 1, got 0"):
+        evaluate_one_plus_k(lambda obs, info: 0, ks=[1], env_kwargs=kwargs, max_impressions=0)
+    with pytest.raises(ValueError, match=r"has none for k=\[2\]; it has k=\[1\]"):
+        evaluate_one_plus_k({1: lambda obs, info: 0}, ks=[1, 2], env_kwargs=kwargs)
+
+
+def test_a_policy_built_for_another_k_is_named() -> None:
+    import gymnasium as gym
+    from stable_baselines3 import A2C
+
+    model = A2C("MlpPolicy", gym.make("OutbrainRec-v0", k=3), n_steps=5)
+    with pytest.raises(ValueError, match=r"the policy for k=5 was built for Discrete\(4\) \(k=3\)"):
+        evaluate_one_plus_k(model, ks=[3, 5], max_impressions=10)

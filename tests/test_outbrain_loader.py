@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+#: Real Outbrain rows (1,959 displays), read in place and never copied into the repository.
+from conftest import OUTBRAIN_SAMPLE
+
 from recsys_gym.data.outbrain import read_outbrain
 from recsys_gym.error import DataError, MissingDataError
-
-#: Real Outbrain rows (1,959 displays), read in place and never copied into the repository.
-OUTBRAIN_SAMPLE = Path(__file__).parents[1] / ".." / "shared" / "data" / "outbrain-sample"
 
 EVENTS = """display_id,uuid,document_id,timestamp,platform,geo_location
 1,aaa,100,61,3,US>SC>519

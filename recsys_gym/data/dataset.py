@@ -689,7 +689,12 @@ def _resolve_source(
         raise ValueError(f"dataset={dataset!r} needs data_dir: a file or folder holding the interaction log")
     path = Path(data_dir).expanduser()
     if not path.exists():
-        raise MissingDataError(f"data_dir={str(data_dir)!r} does not exist")
+        expected = {
+            "outbrain": "events.csv and clicks_train.csv (Kaggle's Outbrain Click Prediction files)",
+            "movielens-100k": "u.data or ml-100k.inter",
+            "interactions": "an interaction log (CSV/TSV with user and item columns, or RecBole .inter files)",
+        }[dataset]
+        raise MissingDataError(f"data_dir={str(data_dir)!r} does not exist; for dataset={dataset!r} it should hold {expected}")
     return path
 
 
