@@ -244,6 +244,15 @@ def test_backend_restart_replaces_the_device_and_unsupported_restart_is_an_error
 # Interrupts
 
 
+@pytest.fixture()
+def default_sigint():
+    """Python's own SIGINT handler for the test, whatever the runner inherited (background jobs ignore SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("default_sigint")
 def test_deferred_keyboard_interrupt_lets_the_block_finish():
     finished = False
     with pytest.raises(KeyboardInterrupt), _deferred_keyboard_interrupt():
@@ -289,7 +298,12 @@ def test_keyboard_interrupt_stops_workers_and_keeps_the_last_update(tmp_path: Pa
 
 TRAINING_SCRIPT = textwrap.dedent(
     """
+    import signal
     import sys
+
+    # A terminal delivers Ctrl+C to Python's handler; a parent that ignores SIGINT (a background job, some CI
+    # runners) would pass that on, so restore the default as an interactive shell does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     import gymnasium as gym
     import torch as th
