@@ -92,7 +92,8 @@ def evaluate_one_plus_k(
     for k in ks:
         # Pick the policy for this k and the observation form it expects.
         chosen = policy[k] if isinstance(policy, Mapping) else policy
-        action_space = getattr(chosen, "action_space", None)
+        # A candidate-aware act(obs, info) serves any k; a predict() policy is tied to its action space.
+        action_space = None if hasattr(chosen, "act") else getattr(chosen, "action_space", None)
         if isinstance(action_space, spaces.Discrete) and int(action_space.n) != k + 1:
             raise ValueError(
                 f"the policy for k={k} was built for {action_space} (k={int(action_space.n) - 1}); pass a mapping "

@@ -122,3 +122,15 @@ def test_a_policy_built_for_another_k_is_named() -> None:
     model = A2C("MlpPolicy", gym.make("OutbrainRec-v0", k=3), n_steps=5)
     with pytest.raises(ValueError, match=r"the policy for k=5 was built for Discrete\(4\) \(k=3\)"):
         evaluate_one_plus_k(model, ks=[3, 5], max_impressions=10)
+
+
+def test_candidate_aware_baselines_serve_every_k() -> None:
+    """Baselines with act(obs, info) are built once, at any k, and evaluated at every k."""
+    import gymnasium as gym
+
+    from dadrl_sb3.baselines import MostPopular, RandomRecommender
+
+    env = gym.make("OutbrainRec-v0", k=10)
+    for baseline in (RandomRecommender(env, seed=0), MostPopular(env, seed=0)):
+        table = evaluate_one_plus_k(baseline, ks=[1, 20], max_impressions=20)
+        assert table["k"].tolist() == [1, 20]
