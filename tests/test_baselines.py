@@ -172,7 +172,7 @@ def test_most_popular_beats_random_on_outbrain() -> None:
 
 def test_most_popular_predict_asks_for_act() -> None:
     recommender = MostPopular(item_train_clicks=HAND_MADE_CLICKS)
-    with pytest.raises(NotImplementedError, match=r"call act\(obs, info\) .* info\[\"candidate_items\"\]"):
+    with pytest.raises(TypeError, match=r"call act\(obs, info\) .* info\[\"candidate_items\"\]"):
         recommender.predict(np.zeros(3, np.float32))
 
 

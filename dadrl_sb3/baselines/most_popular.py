@@ -111,9 +111,9 @@ class MostPopular:
         :param state: unused
         :param episode_start: unused
         :param deterministic: unused
-        :raises NotImplementedError: always; call :meth:`act` with the ``info`` dict instead
+        :raises TypeError: always; call :meth:`act` with the ``info`` dict instead
         """
-        raise NotImplementedError(
+        raise TypeError(
             "MostPopular ranks candidates by item, and the observation does not carry item indices: call "
             'act(obs, info) with the info dict of reset()/step() (it reads info["candidate_items"]).'
         )
