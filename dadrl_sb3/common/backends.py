@@ -210,6 +210,9 @@ def run_device_worker(connection: Connection, config: DeviceConfig) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     th.set_num_threads(1)
+    # This process only runs the device: skip torch.distributions' argument checks on every step (sampling
+    # from non-finite logits still fails in torch.multinomial)
+    th.distributions.Distribution.set_default_validate_args(False)
     device = None
     try:
         device = Device(config)

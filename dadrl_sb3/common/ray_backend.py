@@ -97,6 +97,8 @@ class DeviceActor:
 
     def __init__(self, config: DeviceConfig, n_threads: int) -> None:
         th.set_num_threads(n_threads)
+        # The actor's process only runs the device: skip torch.distributions' per-step argument checks
+        th.distributions.Distribution.set_default_validate_args(False)
         self.device: Device | None = None
         self.build_error: str | None = None
         try:

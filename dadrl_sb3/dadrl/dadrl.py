@@ -400,7 +400,8 @@ class DADRL(BaseAlgorithm):
         # RMSprop as in A3C unless the user chose an optimizer (use_rms_prop=False keeps the policy's Adam)
         if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
             self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
-            self.policy_kwargs["optimizer_kwargs"] = {"alpha": 0.99, "eps": rms_prop_eps, "weight_decay": 0}
+            # foreach: one fused update over all tensors; the learner's per-message cost is mostly Python per tensor
+            self.policy_kwargs["optimizer_kwargs"] = {"alpha": 0.99, "eps": rms_prop_eps, "weight_decay": 0, "foreach": True}
 
         if backend == "subprocess" and n_workers > (os.cpu_count() or 1):
             warnings.warn(

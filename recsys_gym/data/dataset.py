@@ -130,7 +130,10 @@ class CompactDataset:
         self.path = Path(path)
         self.manifest: dict[str, Any] = _read_manifest(self.path)
         mode: Literal["r"] | None = "r" if mmap else None
-        arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode=mode, allow_pickle=False) for name in _ARRAY_NAMES}
+        # Plain ndarray views of the maps: indexing an np.memmap object costs several times more per step.
+        arrays = {
+            name: np.asarray(np.load(self.path / f"{name}.npy", mmap_mode=mode, allow_pickle=False)) for name in _ARRAY_NAMES
+        }
         self.user_ptr: np.ndarray = arrays["user_ptr"]
         self.imp_user: np.ndarray = arrays["imp_user"]
         self.imp_time: np.ndarray = arrays["imp_time"]

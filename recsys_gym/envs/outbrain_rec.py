@@ -350,13 +350,19 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
     def _random_negatives(self, count: int, exclude: np.ndarray) -> np.ndarray:
         """``count`` distinct items outside the user's items and ``exclude``, drawn uniformly."""
         data = self.dataset
-        forbidden = np.union1d(data.user_item_set(self._user), exclude)
+        # The user's items are sorted (CSR of the cache): membership is a binary search, not a set union.
+        user_items = data.user_item_set(self._user)
+        last = len(user_items) - 1
         picked: list[int] = []
         seen = set(picked)
         while len(picked) < count:
             draws = self.np_random.integers(data.n_items, size=2 * (count - len(picked)) + 8)
-            allowed = draws[~np.isin(draws, forbidden)]
-            for item in allowed.tolist():
+            forbidden = np.zeros(len(draws), dtype=bool)
+            if last >= 0:
+                forbidden = user_items[np.minimum(np.searchsorted(user_items, draws), last)] == draws
+            if len(exclude):
+                forbidden |= np.isin(draws, exclude)
+            for item in draws[~forbidden].tolist():
                 if item not in seen:
                     seen.add(item)
                     picked.append(item)
