@@ -123,18 +123,10 @@ def stream_csv(
         bad_lines.append(str(row.text))
         return "error"
 
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=_block_size(path, chunk_rows), use_threads=True),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pacsv.ConvertOptions(
-            column_types={name: ARROW_KINDS[kind] for name, kind in columns.items()},
-            include_columns=list(columns),
-            null_values=[""],
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    try:
+        reader = _open(path, columns, chunk_rows, on_invalid)
+    except pa.ArrowInvalid as err:
+        raise _located_error(path, header, columns, err, bad_lines, 0) from err
     rows_done = 0
     with open(path, "rb") as handle:
         sample = handle.read(1 << 16)
@@ -179,6 +171,22 @@ def stream_csv(
                 out[name] = column.to_numpy(zero_copy_only=False)
         out["_row"] = rows_done - n_rows
         yield out
+
+
+def _open(path: Path, columns: Mapping[str, str], chunk_rows: int, on_invalid: Callable[[Any], str]) -> Any:
+    """A streaming pyarrow CSV reader of ``columns`` with explicit types (it parses the first block at once)."""
+    return pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=_block_size(path, chunk_rows), use_threads=True),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: ARROW_KINDS[kind] for name, kind in columns.items()},
+            include_columns=list(columns),
+            null_values=[""],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
 
 
 def _located_error(
