@@ -384,6 +384,7 @@ class _Preparer:
         self.progress = progress
         self.counts: dict[str, int] = {}
         self.notes: list[str] = []
+        self.seconds: dict[str, float] = {}
         self.clicks_path = folder / "clicks_train.csv"
         self.events_path = folder / "events.csv"
         total = self.clicks_path.stat().st_size + self.events_path.stat().st_size
@@ -399,9 +400,11 @@ class _Preparer:
         """A tqdm bar (or nothing when progress is off); yields its ``update``."""
         from tqdm.auto import tqdm
 
+        started = time.perf_counter()
         with tqdm(total=total, desc=description, unit=unit, unit_scale=True, disable=not self.progress, leave=False) as bar:
             yield bar.update
-        logger.debug("%s done", description)
+        self.seconds[description] = round(self.seconds.get(description, 0.0) + time.perf_counter() - started, 3)
+        logger.info("%s: %.1f s", description, time.perf_counter() - started)
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -443,6 +446,7 @@ class _Preparer:
             "notes": self.notes,
             "prepare_counts": dict(self.counts),
             "prepare_seconds": round(seconds, 3),
+            "prepare_phase_seconds": dict(self.seconds),
             "raw_dir": str(self.folder),
         }
 
@@ -799,8 +803,6 @@ class _Preparer:
     # -- phase 6 -------------------------------------------------------------------------------
     def write_arrays(self, cut_time: int) -> None:
         """Phase 6: write the impression, shown and user-item arrays bucket by bucket into memory-mapped .npy files."""
-        from numpy.lib.format import open_memmap
-
         # Vocabularies: ads in the reference's order (their ids compared as strings), context documents sorted.
         ads = self.ads
         string_order = np.argsort(ads.astype(str), kind="stable")
@@ -813,8 +815,8 @@ class _Preparer:
         n_shown = sum(size["shown"] for size in self.sizes)
         n_user_items = sum(size["user_items"] for size in self.sizes)
 
-        def create(name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-            return open_memmap(self.tmp_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        def create(name: str, dtype: Any, shape: tuple[int, ...]) -> _NpyWriter:
+            return _NpyWriter(self.tmp_dir / f"{name}.npy", dtype, shape[0], leading_zero=name.endswith("_ptr"))
 
         out = {
             "user_ptr": create("user_ptr", np.int64, (n_users + 1,)),
@@ -890,10 +892,9 @@ class _Preparer:
                 del table
                 path.unlink()
                 update(1)
-        for array in out.values():
-            array.flush()
-        self.arrays = {name: np.load(self.tmp_dir / f"{name}.npy", mmap_mode="r") for name in out}
-        del out
+        for writer in out.values():
+            writer.close()
+        self.arrays = {name: writer.path for name, writer in out.items()}
         np.save(self.tmp_dir / "item_ids.npy", encode_strings([str(item) for item in self.item_ids]), allow_pickle=False)
         np.save(self.tmp_dir / "context_ids.npy", self.context_ids.astype(np.int64), allow_pickle=False)
         self.item_index_of_ad = item_of_ad
@@ -929,24 +930,26 @@ class _Preparer:
         """``Mᵀ M X`` for the binary training user-item matrix ``M``, one chunk of users at a time."""
         from scipy import sparse
 
-        user_ptr = self.arrays["user_ptr"]
         result = np.zeros_like(matrix)
         n_items = matrix.shape[0]
-        step = max(self.chunk_rows, 1)
-        start_user = 0
-        while start_user < self.n_users:
-            # A chunk of whole users of about chunk_rows impressions.
-            end_user = int(np.searchsorted(user_ptr, user_ptr[start_user] + step, side="right")) - 1
-            end_user = min(max(end_user, start_user + 1), self.n_users)
-            rows = slice(int(user_ptr[start_user]), int(user_ptr[end_user]))
-            train = np.asarray(self.arrays["imp_is_train"][rows])
-            users = np.asarray(self.arrays["imp_user"][rows])[train].astype(np.int64) - start_user
-            items = np.asarray(self.arrays["imp_clicked"][rows])[train].astype(np.int64)
+        step = max(self.chunk_rows, 1024)
+        carried: tuple[np.ndarray, ...] = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
+        for start in range(0, self.n_impressions, step):
+            # Rows of whole users: the last user of a chunk is carried into the next one.
+            stop = min(start + step, self.n_impressions)
+            users = np.concatenate([carried[0], _read_rows(self.arrays["imp_user"], start, stop).astype(np.int64)])
+            items = np.concatenate([carried[1], _read_rows(self.arrays["imp_clicked"], start, stop).astype(np.int64)])
+            train = np.concatenate([carried[2], _read_rows(self.arrays["imp_is_train"], start, stop)])
+            cut = len(users) if stop == self.n_impressions else int(np.searchsorted(users, users[-1]))
+            carried = (users[cut:], items[cut:], train[cut:])
+            users, items = users[:cut][train[:cut]], items[:cut][train[:cut]]
             if len(users):
-                chunk = sparse.csr_matrix((np.ones(len(users)), (users, items)), shape=(end_user - start_user, n_items))
+                first = int(users[0])
+                chunk = sparse.csr_matrix(
+                    (np.ones(len(users)), (users - first, items)), shape=(int(users[-1]) - first + 1, n_items)
+                )
                 chunk.data = np.minimum(chunk.data, 1.0)
                 result += chunk.T @ (chunk @ matrix)
-            start_user = end_user
         return result
 
     # -- phase 8 -------------------------------------------------------------------------------
@@ -1012,6 +1015,48 @@ def _content_vectors(
     if context_content is None or len(context_ids) == 0:
         return item_vectors, np.zeros((len(context_ids), right.shape[0]))
     return item_vectors, _normalise_rows(np.asarray((matrix(context_content, context_ids) @ idf) @ right.T))
+
+
+class _NpyWriter:
+    """A ``.npy`` file of known length written front to back, one slice after another, without mapping it.
+
+    :param path: the file.
+    :param dtype: its dtype.
+    :param length: its number of elements (1-D).
+    :param leading_zero: write a first element 0 (the start of a CSR pointer array).
+    """
+
+    def __init__(self, path: Path, dtype: Any, length: int, *, leading_zero: bool = False) -> None:
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.length = length
+        self.handle = open(path, "wb")  # noqa: SIM115  (closed by close())
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (length,)}
+        np.lib.format.write_array_header_1_0(self.handle, header)
+        self.position = 0
+        if leading_zero:
+            self[0:1] = np.zeros(1, dtype=self.dtype)
+
+    def __setitem__(self, index: slice, values: Any) -> None:
+        if index.start != self.position:
+            raise RuntimeError(f"{self.path.name}: writes must follow each other, got {index} at {self.position}")
+        array = np.ascontiguousarray(values, dtype=self.dtype)
+        self.handle.write(array.tobytes())
+        self.position += len(array)
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.position != self.length:
+            raise RuntimeError(f"{self.path.name}: wrote {self.position} of {self.length} elements")
+
+
+def _read_rows(path: Path, start: int, stop: int) -> np.ndarray:
+    """Elements ``start:stop`` of a 1-D ``.npy`` file, read (not mapped), so they leave no resident pages behind."""
+    with open(path, "rb") as handle:
+        major, _ = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        _, _, dtype = read_header(handle)
+        return np.fromfile(handle, dtype=dtype, count=stop - start, offset=start * dtype.itemsize)
 
 
 def _run_starts(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
