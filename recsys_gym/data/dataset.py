@@ -36,6 +36,7 @@ import hashlib
 import inspect
 import json
 import logging
+import operator
 import os
 import shutil
 import tempfile
@@ -43,7 +44,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, SupportsIndex, overload
 
 import numpy as np
 import pandas as pd
@@ -100,15 +101,15 @@ class StringColumn(Sequence[str]):
         return len(self.array)
 
     @overload
-    def __getitem__(self, index: int) -> str: ...
+    def __getitem__(self, index: SupportsIndex) -> str: ...
 
     @overload
     def __getitem__(self, index: slice) -> list[str]: ...
 
-    def __getitem__(self, index: int | slice) -> str | list[str]:
+    def __getitem__(self, index: SupportsIndex | slice) -> str | list[str]:
         if isinstance(index, slice):
             return [value.decode("utf-8") for value in self.array[index].tolist()]
-        return bytes(self.array[int(index)]).decode("utf-8")
+        return bytes(self.array[operator.index(index)]).decode("utf-8")
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, StringColumn):

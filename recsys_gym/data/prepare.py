@@ -1000,7 +1000,7 @@ def _content_vectors(
         return sparse.csr_matrix(
             (
                 table["weight"].to_numpy(dtype=np.float64)[keep],
-                (rows[keep], tokens.get_indexer(table["token"].astype(str))[keep]),
+                (rows[keep], tokens.get_indexer(pd.Index(table["token"].astype(str)))[keep]),
             ),
             shape=(len(ids), len(tokens)),
         )
