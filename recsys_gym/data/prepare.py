@@ -55,7 +55,6 @@ leftover and rebuilds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -1073,9 +1072,3 @@ def _run_starts(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def _dense(values: np.ndarray) -> np.ndarray:
     """Small non-negative codes of arbitrary int64 values (their rank among the distinct values)."""
     return np.unique(values, return_inverse=True)[1].astype(np.int64)
-
-
-def source_digest(folder: Path) -> str:
-    """A short digest of a folder's file names, sizes and times (for logs)."""
-    material = sorted((path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in folder.iterdir() if path.is_file())
-    return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:12]
