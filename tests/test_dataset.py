@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +82,17 @@ def test_an_incomplete_or_altered_cache_is_not_trusted(tiny_dataset: CompactData
     assert _is_trusted(path)
     # Truncate one array: its size no longer matches the manifest.
     target = path / "item_features.npy"
-    target.write_bytes(target.read_bytes()[:-4])
+    original = target.read_bytes()
+    target.write_bytes(original[:-4])
     assert not _is_trusted(path)
+    # Same size, one byte changed: the digest no longer matches.
+    target.write_bytes(original)
+    assert _is_trusted(path)
+    damaged = bytearray(original)
+    damaged[-1] ^= 0xFF
+    target.write_bytes(bytes(damaged))
+    assert not _is_trusted(path)
+    assert _is_trusted(path, check_digests=False)
     # No manifest at all: a build that died midway.
     (path / "manifest.json").unlink()
     assert not _is_trusted(path)
@@ -95,7 +103,7 @@ def test_load_dataset_rebuilds_an_untrusted_cache(tmp_path: Path) -> None:
     rows = ["user_id,item_id,timestamp"] + [f"u{u},i{(u * 7 + t) % 40},{100 * t + u}" for u in range(12) for t in range(10)]
     source.write_text("\n".join(rows) + "\n")
     first = load_dataset("interactions", source, cache_dir=tmp_path / "cache")
-    manifest = json.loads((first.path / "manifest.json").read_text())
+    item_ids = list(first.item_ids)
     # Damage the cache, forget the in-process copy, and load again: it is rebuilt, not used.
     (first.path / "imp_user.npy").write_bytes(b"broken")
     from recsys_gym.data import dataset as dataset_module
@@ -104,7 +112,7 @@ def test_load_dataset_rebuilds_an_untrusted_cache(tmp_path: Path) -> None:
     second = load_dataset("interactions", source, cache_dir=tmp_path / "cache")
     assert second.path == first.path
     assert second.n_impressions == 120
-    assert json.loads((second.path / "manifest.json").read_text())["item_ids"] == manifest["item_ids"]
+    assert list(second.item_ids) == item_ids
 
 
 def test_load_dataset_errors_name_the_argument(tmp_path: Path) -> None:

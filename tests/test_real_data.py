@@ -52,6 +52,9 @@ def test_real_outbrain_rows_in_both_negative_modes(negatives: str) -> None:
     data = env.unwrapped.dataset  # type: ignore[attr-defined]
     assert (data.n_users, data.n_items, data.n_impressions) == (1949, 4319, 1959)
     assert data.item_dim == 3 + 8  # no promoted_content/documents files: counts and co-click embedding only
+    # Prepared by the streaming pipeline, which counted what it read.
+    counts = data.manifest["prepare_counts"]
+    assert (counts["clicks_train.csv: rows read"], counts["events.csv: rows read"], counts["users kept"]) == (9999, 1959, 1949)
     obs, info = env.reset(seed=0)
     n_shown = []
     for _ in range(300):

@@ -16,9 +16,18 @@ Decisions written down here:
 - **A user's items** (never offered as random negatives) are every item the user clicked anywhere
   in the log plus the source's ``other_user_items`` (low ratings and the like), as the One-Plus-k
   protocol asks.
-- **Atomic cache.** Arrays are written into a temporary directory that is renamed into place once
-  complete; ``manifest.json`` is written last inside it and records every array's size, so a
-  directory missing its manifest, or with a file of another size, is never trusted and is rebuilt.
+- **Atomic, verified cache.** Arrays are written into a temporary ``.partial`` directory that is
+  renamed into place once complete; ``manifest.json`` is written last inside it and records every
+  array's size and BLAKE2b digest. A directory missing its manifest, of another cache version, or
+  with a file of another size or content is never trusted and is rebuilt. Leftover ``.partial``
+  directories of dead processes (a killed build) are removed by the next build.
+- **Ids live in arrays.** The raw user, item and context ids are ``.npy`` arrays mapped like the
+  rest (UTF-8 bytes for user and item ids), never JSON lists, so nothing of the size of the log is
+  copied into a process that maps the cache.
+
+The Outbrain files are not read through :class:`RawLog`: :func:`load_dataset` hands them to the
+streaming, bounded-memory :func:`recsys_gym.data.prepare.prepare_outbrain`, which writes the same
+layout.
 """
 
 from __future__ import annotations
@@ -27,14 +36,15 @@ import hashlib
 import inspect
 import json
 import logging
+import operator
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, SupportsIndex, overload
 
 import numpy as np
 import pandas as pd
@@ -45,7 +55,7 @@ from recsys_gym.error import CacheError, DataError, MissingDataError
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the cache layout or a feature definition changes; old caches are then rebuilt.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 #: Names accepted by ``load_dataset(dataset=...)``.
 DATASETS = ("outbrain", "movielens-100k", "interactions")
@@ -70,7 +80,55 @@ _ARRAY_NAMES = (
     "item_train_shown",
     "item_features",
     "context_features",
+    "user_ids",
+    "item_ids",
+    "context_ids",
 )
+
+
+class StringColumn(Sequence[str]):
+    """A read-only sequence of strings backed by a (mapped) ``.npy`` array of UTF-8 bytes.
+
+    Only the item asked for is decoded, so a column of millions of ids costs no memory until read.
+
+    :param array: a 1-D array of dtype ``S<n>`` (NUL-padded UTF-8).
+    """
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [value.decode("utf-8") for value in self.array[index].tolist()]
+        return bytes(self.array[operator.index(index)]).decode("utf-8")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StringColumn):
+            return bool(np.array_equal(self.array, other.array))
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == len(self) and all(mine == theirs for mine, theirs in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StringColumn(n={len(self)})"
+
+
+def encode_strings(values: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Encode strings as a NUL-padded UTF-8 ``S<n>`` array (at least ``S1``), the form :class:`StringColumn` reads."""
+    encoded = [str(value).encode("utf-8") for value in values]
+    width = max((len(value) for value in encoded), default=1)
+    return np.array(encoded, dtype=f"S{max(width, 1)}")
 
 
 @dataclass(frozen=True)
@@ -120,6 +178,9 @@ class CompactDataset:
     ``item_train_shown``          (n_items,) int64            impressions per item in the training split
     ``item_features``             (n_items, item_dim) f32     item feature vectors, in [-1, 1]
     ``context_features``          (n_contexts, ctx_dim) f32   content of each context, in [-1, 1]
+    ``user_ids``, ``item_ids``    (n,) S<width>               raw ids as UTF-8 bytes (read as strings through
+                                                              :attr:`user_ids` / :attr:`item_ids`)
+    ``context_ids``               (n_contexts,) int64         raw id of each context
     ============================  ==========================  ==============================================
 
     :param path: the cache directory written by :func:`build_dataset`.
@@ -151,8 +212,9 @@ class CompactDataset:
         # Features are small and read on every step: keep them in memory.
         self.item_features: np.ndarray = np.ascontiguousarray(arrays["item_features"])
         self.context_features: np.ndarray = np.ascontiguousarray(arrays["context_features"])
-        self.user_ids: list[str] = self.manifest["user_ids"]
-        self.item_ids: list[str] = self.manifest["item_ids"]
+        self.user_ids: StringColumn = StringColumn(arrays["user_ids"])
+        self.item_ids: StringColumn = StringColumn(arrays["item_ids"])
+        self.context_ids: np.ndarray = arrays["context_ids"]
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -349,10 +411,10 @@ def build_dataset(raw: RawLog, out_dir: str | os.PathLike[str], options: BuildOp
         "has_shown": raw.shown is not None,
         "feature_names": feature_names,
         "notes": list(raw.notes),
-        "user_ids": [str(user) for user in user_ids],
-        "item_ids": [str(item) for item in item_ids],
-        "context_ids": [int(context) for context in context_ids],
     }
+    arrays["user_ids"] = encode_strings(user_ids)
+    arrays["item_ids"] = encode_strings(item_ids)
+    arrays["context_ids"] = context_ids.astype(np.int64)
     _write_cache(out_dir, arrays, manifest)
     dataset = CompactDataset(out_dir)
     logger.info("built %r", dataset)
@@ -529,19 +591,78 @@ def _cf_embedding(users: np.ndarray, items: np.ndarray, n_users: int, n_items: i
     return _normalise_rows(right.T * np.sqrt(singular))
 
 
-def _write_cache(out_dir: Path, arrays: Mapping[str, np.ndarray], manifest: dict[str, Any]) -> None:
-    """Write arrays and manifest into a temporary sibling directory, then rename it to ``out_dir``."""
+def file_digest(path: Path) -> str:
+    """BLAKE2b digest (hex) of a file's bytes, read in 8 MiB blocks."""
+    digest = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 23):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def partial_dir(out_dir: Path) -> Path:
+    """Create a fresh temporary sibling of ``out_dir`` (``.<name>.<random>.partial``) owned by this process.
+
+    The directory holds a ``PID`` file so that :func:`clean_stale_partials` can tell a live build from the
+    leftover of a killed one.
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    (tmp_dir / "PID").write_text(str(os.getpid()), encoding="utf-8")
+    return tmp_dir
+
+
+def clean_stale_partials(out_dir: Path) -> int:
+    """Remove the ``.partial`` siblings of ``out_dir`` whose building process is gone; return how many."""
+    removed = 0
+    if not out_dir.parent.is_dir():
+        return removed
+    for candidate in out_dir.parent.glob(f".{out_dir.name}.*.partial"):
+        try:
+            pid = int((candidate / "PID").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pid = -1
+        if pid > 0 and pid != os.getpid() and _process_alive(pid):
+            continue
+        if pid == os.getpid():
+            continue
+        logger.warning("removing %s, left by a preparation that did not finish", candidate)
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
     try:
-        sizes = {}
-        for name, array in arrays.items():
-            np.save(tmp_dir / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-            sizes[name] = (tmp_dir / f"{name}.npy").stat().st_size
-        manifest = {**manifest, "array_bytes": sizes}
-        with open(tmp_dir / "manifest.json", "w", encoding="utf-8") as handle:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Record the size and digest of every array of ``tmp_dir`` in its manifest (written last), then rename it to ``out_dir``.
+
+    :param tmp_dir: a directory from :func:`partial_dir` holding every array of :data:`_ARRAY_NAMES`.
+    :param out_dir: the final cache directory. An untrusted leftover there is replaced; a trusted one (a
+        concurrent build) is kept and ``tmp_dir`` dropped.
+    :param manifest: the manifest's other fields.
+    """
+    try:
+        files = {name: tmp_dir / f"{name}.npy" for name in _ARRAY_NAMES}
+        manifest = {
+            **manifest,
+            "array_bytes": {name: file.stat().st_size for name, file in files.items()},
+            "array_blake2b": {name: file_digest(file) for name, file in files.items()},
+        }
+        (tmp_dir / "PID").unlink(missing_ok=True)
+        with open(tmp_dir / "manifest.json.tmp", "w", encoding="utf-8") as handle:
             json.dump(manifest, handle)
-        # An untrusted leftover at the destination is replaced; a trusted one (a concurrent build) is kept.
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_dir / "manifest.json.tmp", tmp_dir / "manifest.json")
         if out_dir.exists():
             if _is_trusted(out_dir):
                 return
@@ -555,6 +676,19 @@ def _write_cache(out_dir: Path, arrays: Mapping[str, np.ndarray], manifest: dict
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def _write_cache(out_dir: Path, arrays: Mapping[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    """Write arrays into a temporary sibling directory, then seal it (manifest last) and rename it to ``out_dir``."""
+    clean_stale_partials(out_dir)
+    tmp_dir = partial_dir(out_dir)
+    try:
+        for name, array in arrays.items():
+            np.save(tmp_dir / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    seal_cache(tmp_dir, out_dir, manifest)
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
@@ -564,8 +698,12 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _is_trusted(path: Path) -> bool:
-    """Whether a cache directory is complete, of this version, and its arrays have the recorded sizes."""
+def _is_trusted(path: Path, *, check_digests: bool = True) -> bool:
+    """Whether a cache directory is complete, of this version, and its arrays have the recorded sizes and digests.
+
+    :param path: the cache directory.
+    :param check_digests: also hash every array and compare with the manifest (reads every byte once).
+    """
     try:
         manifest = _read_manifest(path)
     except (CacheError, json.JSONDecodeError, OSError):
@@ -573,10 +711,15 @@ def _is_trusted(path: Path) -> bool:
     if manifest.get("cache_version") != CACHE_VERSION:
         return False
     sizes = manifest.get("array_bytes", {})
+    digests = manifest.get("array_blake2b", {})
     for name in _ARRAY_NAMES:
         file = path / f"{name}.npy"
         if not file.is_file() or file.stat().st_size != sizes.get(name):
             return False
+    if check_digests:
+        for name in _ARRAY_NAMES:
+            if file_digest(path / f"{name}.npy") != digests.get(name):
+                return False
     return True
 
 
@@ -604,6 +747,7 @@ def load_dataset(
     cf_dim: int = 8,
     min_rating: float | None = None,
     synthetic_kwargs: Mapping[str, Any] | None = None,
+    prepare_options: Mapping[str, Any] | None = None,
 ) -> CompactDataset:
     """Find, or build and cache, the compact form of a named data source.
 
@@ -619,6 +763,9 @@ def load_dataset(
     :param min_rating: for rated logs, the rating from which an interaction counts as a click.
     :param synthetic_kwargs: arguments of :func:`recsys_gym.data.synthetic.generate_outbrain` for the
         built-in data.
+    :param prepare_options: for ``"outbrain"``, further fields of
+        :class:`~recsys_gym.data.prepare.PrepareOptions` (``min_impressions``, ``start_time``, ``end_time``,
+        ``split_time``, ``use_page_views``); they are part of the cache key.
     :return: the dataset, shared with every other caller in this process asking for the same one.
     :raises ValueError: for an unknown ``dataset``.
     :raises MissingDataError: when ``data_dir`` or a required file does not exist.
@@ -631,17 +778,29 @@ def load_dataset(
     # Resolve the source: the built-in generator, the recbole wheel's MovieLens, or the given path.
     source = _resolve_source(dataset, data_dir, cache_root, synthetic_kwargs)
 
+    # Outbrain's files go through the streaming preparation, with its own options in the cache key.
+    if dataset == "outbrain":
+        from recsys_gym.data.prepare import PrepareOptions, prepare_outbrain
+
+        prepare = PrepareOptions(
+            test_fraction=test_fraction, content_dim=content_dim, cf_dim=cf_dim, **dict(prepare_options or {})
+        )
+        cache_path = cache_path_for(dataset, source, asdict(prepare), cache_root)
+        with _LOAD_LOCK:
+            if str(cache_path) in _LOADED:
+                return _LOADED[str(cache_path)]
+            if not _is_trusted(cache_path):
+                if cache_path.exists():
+                    logger.warning("the cache %s is incomplete or changed since it was written; rebuilding it", cache_path)
+                prepare_outbrain(source, cache_path, options=prepare, progress=False)
+            loaded = CompactDataset(cache_path)
+            _LOADED[str(cache_path)] = loaded
+            return loaded
+    if prepare_options:
+        raise ValueError(f"prepare_options only applies to dataset='outbrain', got dataset={dataset!r}")
+
     # The cache key covers the source files' names, sizes and times, the options and the layout version.
-    key_material = {
-        "dataset": dataset,
-        "source": str(source.resolve()),
-        "files": _fingerprint(source),
-        "options": asdict(options),
-        "min_rating": min_rating,
-        "cache_version": CACHE_VERSION,
-    }
-    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:16]
-    cache_path = cache_root / f"{dataset}-{key}"
+    cache_path = cache_path_for(dataset, source, {**asdict(options), "min_rating": min_rating}, cache_root)
 
     with _LOAD_LOCK:
         if str(cache_path) in _LOADED:
@@ -654,6 +813,26 @@ def load_dataset(
         loaded = CompactDataset(cache_path)
         _LOADED[str(cache_path)] = loaded
         return loaded
+
+
+def cache_path_for(dataset: str, source: Path, options: Mapping[str, Any], cache_root: Path) -> Path:
+    """The cache directory of a source under ``cache_root``: keyed by the source files' names, sizes and times,
+    the options and :data:`CACHE_VERSION`.
+
+    :param dataset: the source's kind (``"outbrain"``, ...), the directory name's prefix.
+    :param source: the source file or folder.
+    :param options: every setting that changes the cache's content.
+    :param cache_root: the folder holding caches.
+    """
+    key_material = {
+        "dataset": dataset,
+        "source": str(source.resolve()),
+        "files": _fingerprint(source),
+        "options": dict(options),
+        "cache_version": CACHE_VERSION,
+    }
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_root / f"{dataset}-{key}"
 
 
 def _resolve_source(

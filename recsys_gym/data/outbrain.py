@@ -28,6 +28,10 @@ being read. Only the ads and documents that occur in the displays read are kept.
 Files are parsed in chunks with explicit dtypes, and the optional files are filtered chunk by chunk,
 so memory holds the output plus one chunk of raw text. Note: the clicks of all displays are held at
 once (two int64 columns and an int8, about 1.5 GB for the 87 million rows of the real file).
+
+This in-memory reader is the reference that the streaming, bounded-memory
+:func:`recsys_gym.data.prepare.prepare_outbrain` is tested against; :func:`~recsys_gym.data.dataset.load_dataset`
+and ``recsys-gym prepare outbrain`` use the streaming one.
 """
 
 from __future__ import annotations

@@ -1,0 +1,89 @@
+"""The ``recsys-gym`` command line: ``recsys-gym prepare outbrain --raw DIR [--out DIR] [options]``.
+
+It runs :func:`recsys_gym.data.prepare.prepare_outbrain` and prints what was read, dropped and why,
+then the prepared dataset's summary. Progress bars go to stderr (``--quiet`` turns them and the log
+lines off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from recsys_gym.error import DataError, MissingDataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``recsys-gym``."""
+    parser = argparse.ArgumentParser(prog="recsys-gym", description="Tools of the recsys_gym environments.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepare = commands.add_parser("prepare", help="turn raw logs into the environment's cache")
+    sources = prepare.add_subparsers(dest="source", required=True)
+    outbrain = sources.add_parser(
+        "outbrain",
+        help="the Kaggle Outbrain Click Prediction files",
+        description="Prepare the Kaggle Outbrain files (clicks_train.csv, events.csv, and optionally promoted_content.csv "
+        "and documents_*.csv) in bounded memory.",
+    )
+    outbrain.add_argument("--raw", required=True, help="folder of the uncompressed Kaggle CSV files")
+    outbrain.add_argument(
+        "--out", default=None, help="cache folder to write (default: the folder load_dataset uses under --cache-dir)"
+    )
+    outbrain.add_argument("--cache-dir", default=None, help="where caches live when --out is not given")
+    outbrain.add_argument("--min-impressions", type=int, default=1, help="drop users with fewer impressions (default 1)")
+    outbrain.add_argument("--start-time", type=int, default=None, help="drop impressions before this timestamp (ms)")
+    outbrain.add_argument("--end-time", type=int, default=None, help="drop impressions at or after this timestamp (ms)")
+    split = outbrain.add_mutually_exclusive_group()
+    split.add_argument("--test-fraction", type=float, default=0.2, help="latest share of impressions held out (default 0.2)")
+    split.add_argument("--split-time", type=int, default=None, help="impressions at or after this timestamp (ms) are test")
+    outbrain.add_argument("--content-dim", type=int, default=8, help="content embedding size, 0 for none (default 8)")
+    outbrain.add_argument("--cf-dim", type=int, default=8, help="co-click embedding size, 0 for none (default 8)")
+    outbrain.add_argument(
+        "--skip-bad-lines", action="store_true", help="skip and count malformed lines and bad displays instead of failing"
+    )
+    outbrain.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows parsed at a time (default 1,000,000)")
+    outbrain.add_argument("--quiet", action="store_true", help="no progress bars and no log lines")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``recsys-gym``; return the exit status (0 done, 1 bad input or options)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from recsys_gym.data.prepare import PrepareOptions, format_counts, prepare_outbrain
+
+    try:
+        options = PrepareOptions(
+            test_fraction=args.test_fraction,
+            split_time=args.split_time,
+            start_time=args.start_time,
+            end_time=args.end_time,
+            min_impressions=args.min_impressions,
+            content_dim=args.content_dim,
+            cf_dim=args.cf_dim,
+        )
+        dataset = prepare_outbrain(
+            args.raw,
+            args.out,
+            options=options,
+            on_bad_lines="skip" if args.skip_bad_lines else "error",
+            chunk_rows=args.chunk_rows,
+            progress=not args.quiet,
+            cache_dir=args.cache_dir,
+        )
+    except (DataError, MissingDataError, ValueError) as err:
+        print(f"recsys-gym prepare outbrain: error: {err}", file=sys.stderr)
+        return 1
+    print(f"prepared {dataset.path}")
+    print("read, dropped and kept:")
+    print(format_counts(dataset.manifest.get("prepare_counts", {})))
+    for note in dataset.manifest.get("notes", []):
+        print(f"note: {note}")
+    print("dataset: " + ", ".join(f"{key}={value}" for key, value in dataset.summary().items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

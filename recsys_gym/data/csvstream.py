@@ -1,0 +1,219 @@
+"""Checked, streaming reading of large CSV files with :mod:`pyarrow.csv`, for the Outbrain preparation.
+
+:func:`stream_csv` yields the columns asked for, batch by batch, with explicit types, so memory holds
+one block of text and its parsed batch whatever the file's size. Faults are reported by file and
+line: a missing or misspelt column (with the closest spelling found), a line with the wrong number
+of fields, an empty required value, a value of the wrong type; compressed or binary files are
+recognised before parsing and named as such. With ``on_bad_lines="skip"`` lines with the wrong
+number of fields and empty required values are skipped and counted instead; a value that does not
+parse as its type (``abc`` in an integer column) is always an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from recsys_gym.data.interactions import _find_malformed_row, check_columns, line_of_row, read_header
+from recsys_gym.error import DataError
+
+logger = logging.getLogger(__name__)
+
+#: Column kinds (as in :data:`recsys_gym.data.interactions.COLUMN_KINDS`) and the Arrow type each is parsed into.
+ARROW_KINDS = {
+    "int": pa.int64(),
+    "int?": pa.int64(),
+    "float": pa.float64(),
+    "float?": pa.float64(),
+    "str": pa.string(),
+    "str?": pa.string(),
+    "category?": pa.string(),
+}
+
+#: Values accepted by ``on_bad_lines``.
+BAD_LINE_MODES = ("error", "skip")
+
+#: Leading bytes of compressed or archive formats, and how to unpack each.
+_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed", "unpack it with `gunzip`"),
+    (b"PK\x03\x04", "a zip archive", "unzip it (Kaggle ships every file as <name>.csv.zip)"),
+    (b"BZh", "bzip2-compressed", "unpack it with `bunzip2`"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "unpack it with `unxz`"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "unpack it with `unzstd`"),
+)
+
+
+def check_text_file(path: Path) -> None:
+    """Raise unless ``path`` starts like a UTF-8 text file (not compressed, not binary, not empty).
+
+    :raises DataError: naming the file and what it looks like instead, with how to fix it.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if not head.strip():
+        raise DataError(f"{path}: the file is empty; expected a CSV header line and rows")
+    for magic, what, fix in _MAGIC:
+        if head.startswith(magic):
+            raise DataError(f"{path}: the file is {what}, not CSV text; {fix} and point --raw at the folder of .csv files")
+    if b"\x00" in head:
+        raise DataError(f"{path}: the file holds NUL bytes: it is binary, not CSV text")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        # A multi-byte character cut by the 4096-byte read is fine; anything earlier is not.
+        if err.start < len(head) - 4:
+            raise DataError(f"{path}: the file is not UTF-8 text (byte {err.start}: {err.reason}); expected CSV") from err
+
+
+def _block_size(path: Path, chunk_rows: int) -> int:
+    """Bytes per parsed block: about ``chunk_rows`` lines, and never less than a few of the longest lines seen."""
+    with open(path, "rb") as handle:
+        sample = handle.read(1 << 16)
+    lines = sample.splitlines() or [sample]
+    longest = max(len(line) for line in lines) + 1
+    mean = max(len(sample) / max(len(lines), 1), 1.0)
+    return int(max(chunk_rows * mean, 4 * longest, 1024))
+
+
+def stream_csv(
+    path: Path,
+    columns: Mapping[str, str],
+    *,
+    chunk_rows: int,
+    on_bad_lines: str = "error",
+    counts: dict[str, int] | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield the given columns of a CSV file batch by batch, checked.
+
+    :param path: the file (with a header line).
+    :param columns: the columns to read, each with its kind (see :data:`ARROW_KINDS`; ``?`` allows empty).
+    :param chunk_rows: about how many rows each batch holds.
+    :param on_bad_lines: ``"error"`` raises on a malformed line; ``"skip"`` skips it and counts it in
+        ``counts[f"{path.name}: malformed lines skipped"]``.
+    :param counts: where counts are added: ``"<file>: rows read"`` and skipped lines.
+    :param progress: called with the approximate number of bytes consumed by each batch.
+    :return: an iterator of dicts: column name to a NumPy array (numbers) or an Arrow array (strings).
+    :raises DataError: naming the file, line and column of the fault.
+    """
+    if on_bad_lines not in BAD_LINE_MODES:
+        raise ValueError(f"on_bad_lines must be one of {list(BAD_LINE_MODES)}, got {on_bad_lines!r}")
+    counts = counts if counts is not None else {}
+    check_text_file(path)
+    header = read_header(path)
+    check_columns(path, header, list(columns))
+    skipped_key = f"{path.name}: malformed lines skipped"
+    read_key = f"{path.name}: rows read"
+    counts.setdefault(read_key, 0)
+
+    # A malformed line is either skipped and counted or remembered for the error message.
+    bad_lines: list[str] = []
+
+    def on_invalid(row: Any) -> str:
+        if on_bad_lines == "skip":
+            counts[skipped_key] = counts.get(skipped_key, 0) + 1
+            return "skip"
+        bad_lines.append(str(row.text))
+        return "error"
+
+    try:
+        reader = _open(path, columns, chunk_rows, on_invalid)
+    except pa.ArrowInvalid as err:
+        raise _located_error(path, header, columns, err, bad_lines, 0) from err
+    rows_done = 0
+    with open(path, "rb") as handle:
+        sample = handle.read(1 << 16)
+        mean_line = len(sample) / max(sample.count(b"\n"), 1)
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except pa.ArrowInvalid as err:
+            raise _located_error(path, header, columns, err, bad_lines, rows_done) from err
+        n_rows = batch.num_rows
+        keep = np.ones(n_rows, dtype=bool)
+
+        # Empty required values: an error naming the line, or skipped lines.
+        for name, kind in columns.items():
+            if kind.endswith("?"):
+                continue
+            column = batch.column(name)
+            empty = column.is_null().to_numpy(zero_copy_only=False)
+            if kind == "str":
+                empty = empty | (pc.utf8_length(column).to_numpy(zero_copy_only=False) == 0)
+            if empty.any():
+                if on_bad_lines == "skip":
+                    keep &= ~empty
+                    continue
+                line = line_of_row(path, rows_done + int(np.flatnonzero(empty)[0]))
+                raise DataError(f"{path}: line {line} column {name!r} is empty, expected a value")
+        if not keep.all():
+            counts[skipped_key] = counts.get(skipped_key, 0) + int((~keep).sum())
+            batch = batch.filter(pa.array(keep))
+        rows_done += n_rows
+        counts[read_key] += batch.num_rows
+        if progress is not None:
+            progress(int(n_rows * mean_line))
+        out: dict[str, Any] = {}
+        for name, kind in columns.items():
+            column = batch.column(name)
+            if ARROW_KINDS[kind] == pa.string():
+                out[name] = column
+            else:
+                out[name] = column.to_numpy(zero_copy_only=False)
+        out["_row"] = rows_done - n_rows
+        yield out
+
+
+def _open(path: Path, columns: Mapping[str, str], chunk_rows: int, on_invalid: Callable[[Any], str]) -> Any:
+    """A streaming pyarrow CSV reader of ``columns`` with explicit types (it parses the first block at once)."""
+    return pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=_block_size(path, chunk_rows), use_threads=True),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: ARROW_KINDS[kind] for name, kind in columns.items()},
+            include_columns=list(columns),
+            null_values=[""],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _located_error(
+    path: Path, header: list[str], columns: Mapping[str, str], err: Exception, bad_lines: list[str], rows_done: int
+) -> DataError:
+    """Turn a pyarrow parse error into a :class:`DataError` naming the file and line."""
+    # A line with the wrong number of fields: find it by its text.
+    if bad_lines:
+        text = bad_lines[0]
+        line = -1
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if raw.decode("utf-8", "replace").rstrip("\r\n") == text:
+                    line = number
+                    break
+        n_fields = len(text.split(","))
+        return DataError(
+            f"{path}: line {line} has {n_fields} field(s), expected {len(header)} ({','.join(header)}): {text[:80]!r} "
+            "(a truncated or malformed line; pass on_bad_lines='skip' / --skip-bad-lines to skip and count such lines)"
+        )
+
+    # A value that does not parse: scan from the batch on with the exact checker.
+    kinds = {name: ("int" if kind.startswith("int") else kind) for name, kind in columns.items()}
+    found = _find_malformed_row(
+        path, header, kinds, has_header=True, sep=",", encoding="utf-8", quoting=0, start_row=rows_done
+    )
+    if found is None:
+        return DataError(f"{path}: cannot be parsed after data row {rows_done}: {err}")
+    line, reason = found
+    return DataError(f"{path}: line {line} {reason}")

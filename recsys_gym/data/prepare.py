@@ -1,0 +1,1074 @@
+"""Streaming, bounded-memory preparation of the Kaggle Outbrain files into the environment's cache.
+
+:func:`prepare_outbrain` (and ``recsys-gym prepare outbrain``) turns ``clicks_train.csv`` and
+``events.csv`` (plus the optional ``promoted_content.csv`` and ``documents_*.csv``) into the cache
+directory that :class:`~recsys_gym.data.dataset.CompactDataset` maps. It gives the same impressions,
+users, shown sets, user-item sets, split and counts as the in-memory reference
+(:func:`~recsys_gym.data.outbrain.read_outbrain` + :func:`~recsys_gym.data.dataset.build_dataset`),
+but memory grows with the catalogue (ads, documents) and one chunk, not with the number of rows.
+
+Design (phases, in order; each ``tqdm`` bar is one phase):
+
+1. **Partition clicks.** ``clicks_train.csv`` is parsed in blocks by :func:`pyarrow.csv.open_csv`
+   (explicit types, columns checked by name) and its rows ``(display_id, ad_id, clicked)`` are
+   appended to ``P`` temporary Arrow IPC files by ``display_id mod P``; ``P`` is chosen from the
+   file sizes so one bucket holds about ``bucket_bytes`` of text (default 64 MB).
+2. **Partition events.** ``events.csv`` likewise, rows ``(display_id, uuid, document_id,
+   timestamp, platform code)``; a systematic sample of the users' 8-byte uuid prefixes (as big-endian
+   integers) gives ``Q - 1`` quantile boundaries for the user buckets of phase 3.
+3. **Join per display bucket.** Each bucket's clicks and events are joined in memory. Repairs and
+   faults are counted (see :data:`REASONS`): duplicate click rows are dropped (the clicked copy is
+   kept), identical duplicate events are dropped, a display with no click or two clicks, or two
+   different events, is an error naming the file, ``display_id`` and line (or, with
+   ``on_bad_lines="skip"``, dropped and counted); clicks whose display has no event are dropped and
+   counted; events without clicks (the test displays) are skipped and counted; impressions outside
+   the time window are dropped and counted. Each impression (with its shown ads in file order) goes
+   to the user bucket of its uuid prefix: buckets are *ranges* of uuids, so reading them in order
+   gives users in the sorted order the reference uses.
+4. **Sort per user bucket.** Each user bucket is sorted by (uuid, time, display), users with fewer
+   than ``min_impressions`` impressions are dropped and counted, and the sorted bucket is written
+   back. Catalogue-sized facts are gathered: the ads and context documents seen, a histogram of
+   timestamps (at most 2**21 bins over the observed range: 1 ms per bin up to 35 minutes of data,
+   about 0.6 s per bin for Kaggle's 15 days) and the output sizes.
+5. **Split point.** The cut is the timestamp at rank ``floor(n * (1 - test_fraction))`` of the kept
+   impressions, as in the reference: the histogram finds its bin, and the timestamps of that one bin
+   (read back from the buckets) give the exact value. ``split_time`` overrides it.
+6. **Write.** The output arrays have known sizes, so they are created with
+   :func:`numpy.lib.format.open_memmap` and filled bucket by bucket (users in sorted order); per-ad
+   training click and impression counts are summed on the way.
+7. **Collaborative embedding.** A randomized subspace iteration (seed 0, 10 extra dimensions, 3
+   power iterations) on the binary training user-ad matrix ``M``, streamed over the written arrays one
+   chunk of users at a time: ``Y = Σ_u m_uᵀ (m_u Ω)``, then ``B = Qᵀ (Σ_u m_uᵀ m_u) Q``, whose
+   eigenvectors give the item vectors. No user × item matrix is ever held; the result equals the
+   reference's ARPACK SVD up to the randomized method's accuracy (not bit for bit).
+8. **Content features.** The optional files are read chunk by chunk, keeping only the rows of the
+   documents that matter (ads' landing pages via ``promoted_content.csv``, and the context pages);
+   a missing file warns once and degrades. The token reduction (IDF-weighted truncated SVD) is
+   learned on the ads shown in the training split only, then every ad and context page is projected
+   on it. These tables are catalogue-sized.
+
+Everything is written into a ``.partial`` directory beside the output, bucket files included; the
+manifest (array sizes and BLAKE2b digests) is written last and the directory renamed into place,
+so a run killed at any point leaves nothing a later run trusts, and the next run removes the
+leftover and rebuilds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from recsys_gym.data.csvstream import BAD_LINE_MODES, stream_csv
+from recsys_gym.data.dataset import (
+    CACHE_VERSION,
+    CompactDataset,
+    _count_features,
+    _is_trusted,
+    _normalise_rows,
+    cache_path_for,
+    clean_stale_partials,
+    default_cache_dir,
+    encode_strings,
+    partial_dir,
+    seal_cache,
+)
+from recsys_gym.data.outbrain import _DOWNLOAD_HINT, FILE_COLUMNS, PLATFORM_CODES, _line_of_display, _read_content
+from recsys_gym.error import DataError, MissingDataError
+
+logger = logging.getLogger(__name__)
+
+#: Rows per parsed block by default.
+DEFAULT_CHUNK_ROWS = 1_000_000
+
+#: Text bytes aimed at per temporary bucket by default.
+DEFAULT_BUCKET_BYTES = 64 << 20
+
+#: Most temporary buckets per partition (open files).
+MAX_BUCKETS = 256
+
+#: Environment variable naming a phase at which a preparation pauses (for tests of killed runs).
+PAUSE_ENV = "RECSYS_GYM_PREPARE_PAUSE_AT"
+
+#: The counters of a preparation, in the order they are reported.
+REASONS = (
+    "clicks_train.csv: rows read",
+    "clicks_train.csv: malformed lines skipped",
+    "events.csv: rows read",
+    "events.csv: malformed lines skipped",
+    "duplicate click rows dropped",
+    "displays dropped: no clicked ad (skip mode)",
+    "displays dropped: two or more clicked ads (skip mode)",
+    "duplicate event rows dropped",
+    "displays dropped: conflicting events (skip mode)",
+    "click rows dropped: display has no event",
+    "displays dropped: no event",
+    "events skipped: display has no clicks (test displays)",
+    "impressions dropped: outside the time window",
+    "impressions dropped: user below min_impressions",
+    "users dropped: below min_impressions",
+    "impressions kept",
+    "users kept",
+    "items",
+    "contexts",
+)
+
+_CLICK_SCHEMA = pa.schema([("display_id", pa.int64()), ("ad_id", pa.int64()), ("clicked", pa.int8())])
+_EVENT_SCHEMA = pa.schema(
+    [
+        ("display_id", pa.int64()),
+        ("uuid", pa.string()),
+        ("document_id", pa.int64()),
+        ("timestamp", pa.int64()),
+        ("platform", pa.int8()),
+    ]
+)
+_IMPRESSION_SCHEMA = pa.schema(
+    [
+        ("display_id", pa.int64()),
+        ("uuid", pa.string()),
+        ("timestamp", pa.int64()),
+        ("document_id", pa.int64()),
+        ("platform", pa.int8()),
+        ("clicked", pa.int64()),
+        ("shown", pa.list_(pa.int64())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What a preparation keeps, where it splits and which features it computes (all part of the cache key).
+
+    :param test_fraction: share of impressions, the latest by time, held out as the test split.
+    :param split_time: an explicit cut instead: impressions with ``timestamp < split_time`` train, the
+        others test (Kaggle's milliseconds). Overrides ``test_fraction``.
+    :param start_time: impressions before this timestamp are dropped (``None``: no lower bound).
+    :param end_time: impressions at or after this timestamp are dropped (``None``: no upper bound).
+    :param min_impressions: users with fewer impressions (after the time window) are dropped.
+    :param content_dim: size of the content embedding of ads and context pages; 0 turns it off.
+    :param cf_dim: size of the collaborative embedding of ads; 0 turns it off.
+    """
+
+    test_fraction: float = 0.2
+    split_time: int | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+    min_impressions: int = 1
+    content_dim: int = 8
+    cf_dim: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction!r}")
+        for name in ("content_dim", "cf_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if isinstance(self.min_impressions, bool) or not isinstance(self.min_impressions, (int, np.integer)):
+            raise ValueError(f"min_impressions must be an integer >= 1, got {self.min_impressions!r}")
+        if self.min_impressions < 1:
+            raise ValueError(f"min_impressions must be an integer >= 1, got {self.min_impressions!r}")
+        for name in ("split_time", "start_time", "end_time"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise ValueError(f"{name} must be an integer timestamp (ms) or None, got {value!r}")
+        if self.start_time is not None and self.end_time is not None and self.start_time >= self.end_time:
+            raise ValueError(f"start_time={self.start_time} must be before end_time={self.end_time}")
+
+
+def prepare_outbrain(
+    raw_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    options: PrepareOptions | None = None,
+    on_bad_lines: str = "error",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+) -> CompactDataset:
+    """Prepare the Kaggle Outbrain files of ``raw_dir`` as a cache directory, streaming, and map it.
+
+    :param raw_dir: the folder holding ``clicks_train.csv`` and ``events.csv`` (uncompressed), and
+        optionally ``promoted_content.csv`` and ``documents_{topics,categories,entities,meta}.csv``.
+    :param out_dir: the cache directory to write. ``None`` uses the directory that
+        :func:`~recsys_gym.data.dataset.load_dataset` would use under ``cache_dir`` (keyed by the files
+        and ``options``). An existing trusted cache of the same files and options is returned as is; an
+        untrusted or different cache there is replaced; any other non-empty folder is refused.
+    :param options: what to keep, where to split, which features; defaults when ``None``.
+    :param on_bad_lines: ``"error"`` (default) raises on a malformed line or a display without
+        exactly one click; ``"skip"`` skips and counts them.
+    :param chunk_rows: about how many rows are parsed at a time.
+    :param progress: show ``tqdm`` progress bars.
+    :param cache_dir: where caches are kept when ``out_dir`` is ``None``.
+    :param bucket_bytes: text bytes aimed at per temporary bucket (smaller: more buckets, less memory).
+    :return: the dataset, mapped read-only; its manifest's ``prepare_counts`` say what was read and
+        dropped, and why.
+    :raises MissingDataError: when ``raw_dir`` or a required file does not exist.
+    :raises DataError: naming the file, line and column (or ``display_id``) of bad input.
+    """
+    options = options or PrepareOptions()
+    if on_bad_lines not in BAD_LINE_MODES:
+        raise ValueError(f"on_bad_lines must be one of {list(BAD_LINE_MODES)}, got {on_bad_lines!r}")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) or bucket_bytes < 1:
+        raise ValueError(f"bucket_bytes must be an integer >= 1, got {bucket_bytes!r}")
+
+    # Check the folder and the required files.
+    folder = Path(raw_dir).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise MissingDataError(f"raw_dir={str(raw_dir)!r} {what}; {_DOWNLOAD_HINT}")
+    for required in ("events.csv", "clicks_train.csv"):
+        if not (folder / required).is_file():
+            compressed = [path.name for path in folder.glob(f"{required}.*")]
+            hint = f" (found {compressed}: unpack it first)" if compressed else ""
+            raise MissingDataError(f"raw_dir={str(raw_dir)!r} has no {required}{hint}; {_DOWNLOAD_HINT}")
+
+    # Decide the output directory and whether an existing one can be reused.
+    key_options = asdict(options)
+    if out_dir is None:
+        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        target = cache_path_for("outbrain", folder, key_options, root)
+    else:
+        target = Path(out_dir).expanduser()
+    source_key = cache_path_for("outbrain", folder, key_options, Path(".")).name
+    if target.exists():
+        if _is_trusted(target) and _manifest_of(target).get("source_key") == source_key:
+            logger.info("%s is already prepared from %s with these options", target, folder)
+            return CompactDataset(target)
+        if (target / "manifest.json").is_file() or (target.is_dir() and not any(target.iterdir())):
+            logger.warning("replacing %s: it is an incomplete, changed or different cache", target)
+            shutil.rmtree(target)
+        else:
+            raise DataError(f"out_dir={str(target)!r} exists and is not a dataset cache; choose another folder")
+
+    # Prepare in a fresh .partial directory, after removing those of killed runs.
+    clean_stale_partials(target)
+    tmp_dir = partial_dir(target)
+    try:
+        preparer = _Preparer(folder, tmp_dir, options, on_bad_lines, int(chunk_rows), progress, int(bucket_bytes))
+        manifest = preparer.run()
+        manifest["source_key"] = source_key
+        shutil.rmtree(tmp_dir / "buckets", ignore_errors=True)
+        _pause_if_asked("before_seal", tmp_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    seal_cache(tmp_dir, target, manifest)
+    dataset = CompactDataset(target)
+    logger.info("prepared %r", dataset)
+    return dataset
+
+
+def _manifest_of(path: Path) -> dict[str, Any]:
+    try:
+        with open(path / "manifest.json", encoding="utf-8") as handle:
+            manifest: dict[str, Any] = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return manifest
+
+
+def _pause_if_asked(phase: str, tmp_dir: Path) -> None:
+    """Test hook: when ``$RECSYS_GYM_PREPARE_PAUSE_AT`` names ``phase``, write ``PAUSED`` into ``tmp_dir`` and wait."""
+    if os.environ.get(PAUSE_ENV) == phase:
+        (tmp_dir / "PAUSED").write_text(phase, encoding="utf-8")
+        time.sleep(3600)
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    """The counts of a preparation as aligned lines, in the order of :data:`REASONS`."""
+    names = [name for name in REASONS if name in counts] + sorted(name for name in counts if name not in REASONS)
+    width = max((len(name) for name in names), default=0)
+    return "\n".join(f"  {name:<{width}}  {counts[name]:>12,}" for name in names)
+
+
+def uuid_prefix_keys(uuids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The first 8 UTF-8 bytes of each string (NUL-padded) as a big-endian ``uint64``: monotone in the string order.
+
+    :param uuids: Arrow strings.
+    :return: uint64 keys, one per string.
+    """
+    if isinstance(uuids, pa.ChunkedArray):
+        uuids = uuids.combine_chunks() if uuids.num_chunks else pa.array([], type=pa.string())
+    if uuids.type != pa.large_string():
+        uuids = uuids.cast(pa.large_string())
+    uuids = pa.concat_arrays([uuids]) if uuids.offset else uuids
+    n = len(uuids)
+    out = np.zeros((n, 8), dtype=np.uint8)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    buffers = uuids.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[: n + 1]
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, dtype=np.uint8)
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    for position in range(8):
+        has = lengths > position
+        out[has, position] = data[starts[has] + position]
+    return out.view(">u8").ravel().astype(np.uint64)
+
+
+class _Writers:
+    """``n`` Arrow IPC stream files appended to batch by batch, one per bucket."""
+
+    def __init__(self, folder: Path, stem: str, n: int, schema: pa.Schema) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.paths = [folder / f"{stem}-{index:04d}.arrows" for index in range(n)]
+        self.schema = schema
+        self.writers = [ipc.new_stream(str(path), schema) for path in self.paths]
+
+    def write(self, bucket: np.ndarray, columns: list[Any]) -> None:
+        """Append each row of ``columns`` (arrays aligned with ``bucket``) to its bucket's file, keeping row order."""
+        if len(bucket) == 0:
+            return
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(len(self.writers) + 1))
+        for index in np.flatnonzero(np.diff(bounds)):
+            rows = pa.array(order[bounds[index] : bounds[index + 1]])
+            arrays = [
+                column.take(rows)
+                if isinstance(column, (pa.Array, pa.ChunkedArray))
+                else pa.array(np.asarray(column)[order[bounds[index] : bounds[index + 1]]])
+                for column in columns
+            ]
+            self.writers[index].write_batch(pa.record_batch(arrays, schema=self.schema))
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+def _read_stream(path: Path) -> pa.Table:
+    with ipc.open_stream(str(path)) as reader:
+        return reader.read_all()
+
+
+class _Preparer:
+    """One preparation run: the phases of the module docstring, writing into ``tmp_dir``."""
+
+    def __init__(
+        self,
+        folder: Path,
+        tmp_dir: Path,
+        options: PrepareOptions,
+        on_bad_lines: str,
+        chunk_rows: int,
+        progress: bool,
+        bucket_bytes: int,
+    ) -> None:
+        self.folder = folder
+        self.tmp_dir = tmp_dir
+        self.buckets = tmp_dir / "buckets"
+        self.options = options
+        self.skip = on_bad_lines == "skip"
+        self.on_bad_lines = on_bad_lines
+        self.chunk_rows = chunk_rows
+        self.progress = progress
+        self.counts: dict[str, int] = {}
+        self.notes: list[str] = []
+        self.seconds: dict[str, float] = {}
+        self.clicks_path = folder / "clicks_train.csv"
+        self.events_path = folder / "events.csv"
+        total = self.clicks_path.stat().st_size + self.events_path.stat().st_size
+        self.n_display_buckets = int(np.clip(-(-total // bucket_bytes), 1, MAX_BUCKETS))
+        self.n_user_buckets = int(np.clip(-(-self.events_path.stat().st_size // bucket_bytes), 1, MAX_BUCKETS))
+
+    def add(self, reason: str, count: int) -> None:
+        """Add ``count`` to a counter."""
+        self.counts[reason] = self.counts.get(reason, 0) + int(count)
+
+    @contextmanager
+    def bar(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], Any]]:
+        """A tqdm bar (or nothing when progress is off); yields its ``update``."""
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        with tqdm(total=total, desc=description, unit=unit, unit_scale=True, disable=not self.progress, leave=False) as bar:
+            yield bar.update
+        self.seconds[description] = round(self.seconds.get(description, 0.0) + time.perf_counter() - started, 3)
+        logger.info("%s: %.1f s", description, time.perf_counter() - started)
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.partition_clicks()
+        _pause_if_asked("after_clicks", self.tmp_dir)
+        self.partition_events()
+        _pause_if_asked("after_events", self.tmp_dir)
+        self.join_displays()
+        self.sort_users()
+        _pause_if_asked("after_sort", self.tmp_dir)
+        cut_time = self.split_point()
+        self.write_arrays(cut_time)
+        _pause_if_asked("after_write", self.tmp_dir)
+        cf = self.cf_embedding()
+        content_items, content_contexts = self.content_features()
+        count_features = _count_features(self.item_train_clicks, self.item_train_shown)
+        item_features = np.concatenate([count_features, content_items, cf], axis=1).astype(np.float32)
+        np.save(self.tmp_dir / "item_features.npy", item_features, allow_pickle=False)
+        np.save(self.tmp_dir / "context_features.npy", content_contexts.astype(np.float32), allow_pickle=False)
+        np.save(self.tmp_dir / "item_train_clicks.npy", self.item_train_clicks, allow_pickle=False)
+        np.save(self.tmp_dir / "item_train_shown.npy", self.item_train_shown, allow_pickle=False)
+        feature_names = (
+            ["log_train_clicks", "log_train_shown", "train_ctr"]
+            + [f"content_{i}" for i in range(content_items.shape[1])]
+            + [f"cf_{i}" for i in range(cf.shape[1])]
+        )
+        self.counts["items"] = len(self.item_ids)
+        self.counts["contexts"] = len(self.context_ids)
+        seconds = time.perf_counter() - started
+        logger.info("prepared %s in %.1f s:\n%s", self.folder, seconds, format_counts(self.counts))
+        return {
+            "cache_version": CACHE_VERSION,
+            "name": "outbrain",
+            "options": asdict(self.options),
+            "cut_time": int(cut_time),
+            "has_shown": True,
+            "feature_names": feature_names,
+            "notes": self.notes,
+            "prepare_counts": dict(self.counts),
+            "prepare_seconds": round(seconds, 3),
+            "prepare_phase_seconds": dict(self.seconds),
+            "raw_dir": str(self.folder),
+        }
+
+    # -- phase 1 -------------------------------------------------------------------------------
+    def partition_clicks(self) -> None:
+        """Phase 1: clicks_train.csv into display buckets."""
+        path = self.clicks_path
+        writers = _Writers(self.buckets, "clicks", self.n_display_buckets, _CLICK_SCHEMA)
+        try:
+            with self.bar("clicks_train.csv", path.stat().st_size, "B") as update:
+                for batch in stream_csv(
+                    path,
+                    FILE_COLUMNS["clicks_train.csv"],
+                    chunk_rows=self.chunk_rows,
+                    on_bad_lines=self.on_bad_lines,
+                    counts=self.counts,
+                    progress=update,
+                ):
+                    display, ad, clicked = batch["display_id"], batch["ad_id"], batch["clicked"]
+                    invalid = (clicked != 0) & (clicked != 1)
+                    if invalid.any():
+                        if not self.skip:
+                            from recsys_gym.data.interactions import line_of_row
+
+                            first = int(np.flatnonzero(invalid)[0])
+                            raise DataError(
+                                f"{path}: line {line_of_row(path, batch['_row'] + first)} column 'clicked' holds "
+                                f"{clicked[first]}, expected 0 or 1"
+                            )
+                        self.add("clicks_train.csv: malformed lines skipped", int(invalid.sum()))
+                        self.add("clicks_train.csv: rows read", -int(invalid.sum()))
+                        keep = ~invalid
+                        display, ad, clicked = display[keep], ad[keep], clicked[keep]
+                    bucket = (display % self.n_display_buckets).astype(np.int64)
+                    writers.write(bucket, [display, ad, clicked.astype(np.int8)])
+        finally:
+            writers.close()
+        self.click_buckets = writers.paths
+
+    # -- phase 2 -------------------------------------------------------------------------------
+    def partition_events(self) -> None:
+        """Phase 2: events.csv into display buckets, and the user-bucket boundaries from a sample of uuids."""
+        path = self.events_path
+        writers = _Writers(self.buckets, "events", self.n_display_buckets, _EVENT_SCHEMA)
+        sample: list[np.ndarray] = []
+        sample_size = 0
+        stride = 1
+        known = list(PLATFORM_CODES)
+        try:
+            with self.bar("events.csv", path.stat().st_size, "B") as update:
+                for batch in stream_csv(
+                    path,
+                    FILE_COLUMNS["events.csv"],
+                    chunk_rows=self.chunk_rows,
+                    on_bad_lines=self.on_bad_lines,
+                    counts=self.counts,
+                    progress=update,
+                ):
+                    # Platform codes: 1, 2, 3, and \N for unknown (0); anything else is bad input.
+                    platform_index = pc.index_in(batch["platform"], value_set=pa.array(known)).to_numpy(zero_copy_only=False)
+                    unknown = np.isnan(platform_index.astype(np.float64))
+                    keep = None
+                    if unknown.any():
+                        first = int(np.flatnonzero(unknown)[0])
+                        if not self.skip:
+                            from recsys_gym.data.interactions import line_of_row
+
+                            raise DataError(
+                                f"{path}: line {line_of_row(path, batch['_row'] + first)} column 'platform' holds "
+                                f"{batch['platform'][first].as_py()!r}, expected one of {known}"
+                            )
+                        keep = ~unknown
+                        self.add("events.csv: malformed lines skipped", int(unknown.sum()))
+                        self.add("events.csv: rows read", -int(unknown.sum()))
+                    codes = np.array([PLATFORM_CODES[value] for value in known], dtype=np.int8)
+                    platform = codes[np.nan_to_num(platform_index.astype(np.float64), nan=0).astype(np.int64)]
+                    display, uuid, document, timestamp = (
+                        batch["display_id"],
+                        batch["uuid"],
+                        batch["document_id"],
+                        batch["timestamp"],
+                    )
+                    if keep is not None:
+                        mask = pa.array(keep)
+                        display, document, timestamp, platform = display[keep], document[keep], timestamp[keep], platform[keep]
+                        uuid = uuid.filter(mask)
+
+                    # A systematic sample of uuid prefixes for the user-bucket boundaries (at most 2**20 kept).
+                    keys = uuid_prefix_keys(uuid)[::stride]
+                    sample.append(keys)
+                    sample_size += len(keys)
+                    if sample_size > 1 << 20:
+                        merged = np.concatenate(sample)[::2]
+                        sample, sample_size, stride = [merged], len(merged), stride * 2
+                    bucket = (display % self.n_display_buckets).astype(np.int64)
+                    writers.write(bucket, [display, uuid, document, timestamp, platform])
+        finally:
+            writers.close()
+        self.event_buckets = writers.paths
+        keys = np.sort(np.concatenate(sample)) if sample else np.zeros(0, dtype=np.uint64)
+        if len(keys):
+            cuts = keys[(np.arange(1, self.n_user_buckets) * len(keys)) // self.n_user_buckets]
+            self.user_bounds = np.unique(cuts)
+        else:
+            self.user_bounds = np.zeros(0, dtype=np.uint64)
+
+    # -- phase 3 -------------------------------------------------------------------------------
+    def join_displays(self) -> None:
+        """Phase 3: per display bucket, repair and join clicks with events, and send impressions to user buckets."""
+        n_user_buckets = len(self.user_bounds) + 1
+        writers = _Writers(self.buckets, "users", n_user_buckets, _IMPRESSION_SCHEMA)
+        self.time_min, self.time_max = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        try:
+            with self.bar("join displays", len(self.click_buckets), "bucket") as update:
+                for click_path, event_path in zip(self.click_buckets, self.event_buckets, strict=True):
+                    self._join_bucket(_read_stream(click_path), _read_stream(event_path), writers)
+                    click_path.unlink()
+                    event_path.unlink()
+                    update(1)
+        finally:
+            writers.close()
+        self.user_buckets = writers.paths
+
+    def _join_bucket(self, clicks: pa.Table, events: pa.Table, writers: _Writers) -> None:
+        display = clicks.column("display_id").to_numpy()
+        ad = clicks.column("ad_id").to_numpy()
+        clicked = clicks.column("clicked").to_numpy().astype(np.int8)
+
+        # Duplicate (display, ad) rows: keep the first clicked copy, else the first copy, in file order.
+        position = np.arange(len(display))
+        order = np.lexsort((position, -clicked, ad, display))
+        first_of_pair = np.ones(len(order), dtype=bool)
+        first_of_pair[1:] = (display[order][1:] != display[order][:-1]) | (ad[order][1:] != ad[order][:-1])
+        kept = np.sort(order[first_of_pair])
+        self.add("duplicate click rows dropped", len(display) - len(kept))
+        display, ad, clicked = display[kept], ad[kept], clicked[kept]
+
+        # Exactly one clicked ad per display: an error, or the display is dropped in skip mode.
+        click_displays, inverse = np.unique(display, return_inverse=True)
+        n_clicked = np.bincount(inverse, weights=clicked, minlength=len(click_displays)).astype(np.int64)
+        wrong = n_clicked != 1
+        if wrong.any():
+            if not self.skip:
+                first = int(np.flatnonzero(wrong)[0])
+                bad = int(click_displays[first])
+                raise DataError(
+                    f"{self.clicks_path}: display_id {bad} has {int(n_clicked[first])} clicked ad(s) in its "
+                    f"{int((display == bad).sum())} row(s) (the first on line {_line_of_display(self.clicks_path, bad)}), "
+                    "expected exactly one row with clicked=1 per display (on_bad_lines='skip' drops such displays)"
+                )
+            self.add("displays dropped: no clicked ad (skip mode)", int((n_clicked == 0).sum()))
+            self.add("displays dropped: two or more clicked ads (skip mode)", int((n_clicked > 1).sum()))
+            good = ~wrong[inverse]
+            display, ad, clicked = display[good], ad[good], clicked[good]
+            click_displays, inverse = np.unique(display, return_inverse=True)
+
+        # Events: identical duplicate rows are dropped; two different events of one display are an error.
+        event_display = events.column("display_id").to_numpy()
+        if len(event_display):
+            events = events.take(pa.array(np.argsort(event_display, kind="stable")))
+            event_display = events.column("display_id").to_numpy()
+        repeated = np.zeros(len(event_display), dtype=bool)
+        repeated[1:] = event_display[1:] == event_display[:-1]
+        if repeated.any():
+            previous = pa.array(np.flatnonzero(repeated) - 1)
+            current = pa.array(np.flatnonzero(repeated))
+            same = np.ones(len(current), dtype=bool)
+            for name in ("uuid", "document_id", "timestamp", "platform"):
+                column = events.column(name)
+                same &= pc.equal(column.take(previous), column.take(current)).to_numpy(zero_copy_only=False)
+            self.add("duplicate event rows dropped", int(same.sum()))
+            conflicting = np.unique(event_display[np.flatnonzero(repeated)[~same]])
+            if len(conflicting) and not self.skip:
+                bad = int(conflicting[0])
+                raise DataError(
+                    f"{self.events_path}: display_id {bad} has two different rows (the first on line "
+                    f"{_line_of_display(self.events_path, bad)}); expected one event per display "
+                    "(on_bad_lines='skip' drops such displays)"
+                )
+            self.add("displays dropped: conflicting events (skip mode)", len(conflicting))
+            keep = ~repeated & ~np.isin(event_display, conflicting)
+            events = events.filter(pa.array(keep))
+            event_display = event_display[keep]
+            if len(conflicting):
+                good = ~np.isin(display, conflicting)
+                display, ad, clicked = display[good], ad[good], clicked[good]
+                click_displays, inverse = np.unique(display, return_inverse=True)
+
+        # Join: events without clicks are test displays; clicks without an event are dropped.
+        event_has_clicks = np.isin(event_display, click_displays)
+        self.add("events skipped: display has no clicks (test displays)", int((~event_has_clicks).sum()))
+        click_has_event = np.isin(display, event_display)
+        if not click_has_event.all():
+            self.add("click rows dropped: display has no event", int((~click_has_event).sum()))
+            self.add("displays dropped: no event", len(np.unique(display[~click_has_event])))
+            display, ad, clicked = display[click_has_event], ad[click_has_event], clicked[click_has_event]
+        events = events.filter(pa.array(event_has_clicks))
+        timestamp = events.column("timestamp").to_numpy()
+
+        # The time window.
+        inside = np.ones(len(timestamp), dtype=bool)
+        if self.options.start_time is not None:
+            inside &= timestamp >= self.options.start_time
+        if self.options.end_time is not None:
+            inside &= timestamp < self.options.end_time
+        if not inside.all():
+            self.add("impressions dropped: outside the time window", int((~inside).sum()))
+            events = events.filter(pa.array(inside))
+            timestamp = timestamp[inside]
+            keep_clicks = np.isin(display, events.column("display_id").to_numpy())
+            display, ad, clicked = display[keep_clicks], ad[keep_clicks], clicked[keep_clicks]
+        if events.num_rows == 0:
+            return
+        self.time_min = min(self.time_min, int(timestamp.min()))
+        self.time_max = max(self.time_max, int(timestamp.max()))
+
+        # Each impression's clicked ad and shown ads (file order), aligned with the events (sorted by display).
+        event_display = events.column("display_id").to_numpy()
+        row_of_click = np.searchsorted(event_display, display)
+        is_clicked = clicked == 1
+        clicked_ad = np.empty(len(event_display), dtype=np.int64)
+        clicked_ad[row_of_click[is_clicked]] = ad[is_clicked]
+        by_row = np.argsort(row_of_click, kind="stable")
+        offsets = np.zeros(len(event_display) + 1, dtype=np.int32)
+        np.cumsum(np.bincount(row_of_click, minlength=len(event_display)), out=offsets[1:])
+        shown = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ad[by_row]))
+
+        # Send every impression to the user bucket of its uuid prefix.
+        uuid = events.column("uuid")
+        bucket = np.searchsorted(self.user_bounds, uuid_prefix_keys(uuid), side="right").astype(np.int64)
+        writers.write(
+            bucket,
+            [
+                events.column("display_id").combine_chunks(),
+                uuid.combine_chunks(),
+                events.column("timestamp").combine_chunks(),
+                events.column("document_id").combine_chunks(),
+                events.column("platform").combine_chunks(),
+                clicked_ad,
+                shown,
+            ],
+        )
+
+    # -- phase 4 -------------------------------------------------------------------------------
+    def sort_users(self) -> None:
+        """Phase 4: sort each user bucket, apply min_impressions, and gather the catalogue and the sizes."""
+        self.ads = np.zeros(0, dtype=np.int64)
+        self.documents = np.zeros(0, dtype=np.int64)
+        if self.time_max < self.time_min:
+            raise DataError(
+                f"{self.folder}: no impression is left: no display of clicks_train.csv has an event in events.csv "
+                "(inside the time window); see the counts:\n" + format_counts(self.counts)
+            )
+        span = self.time_max - self.time_min + 1
+        self.bin_width = max(1, -(-span // (1 << 21)))
+        self.histogram = np.zeros(span // self.bin_width + 1, dtype=np.int64)
+        self.sizes: list[dict[str, int]] = []
+        self.id_width = 1
+        sorted_paths = []
+        with self.bar("sort users", len(self.user_buckets), "bucket") as update:
+            for path in self.user_buckets:
+                table = _read_stream(path)
+                path.unlink()
+                sizes = {"rows": 0, "users": 0, "shown": 0, "user_items": 0}
+                if table.num_rows:
+                    table = table.sort_by([("uuid", "ascending"), ("timestamp", "ascending"), ("display_id", "ascending")])
+                    starts = _run_starts(table.column("uuid"))
+                    lengths = np.diff(np.append(starts, table.num_rows))
+                    if self.options.min_impressions > 1:
+                        small = lengths < self.options.min_impressions
+                        if small.any():
+                            self.add("impressions dropped: user below min_impressions", int(lengths[small].sum()))
+                            self.add("users dropped: below min_impressions", int(small.sum()))
+                            table = table.filter(pa.array(np.repeat(~small, lengths)))
+                            lengths = lengths[~small]
+                table = table.combine_chunks()
+                if table.num_rows:
+                    user_of_row = np.repeat(np.arange(len(lengths)), lengths)
+                    clicked = table.column("clicked").to_numpy()
+                    shown = table.column("shown").combine_chunks()
+                    flat = shown.flatten().to_numpy()
+                    timestamp = table.column("timestamp").to_numpy()
+                    sizes = {
+                        "rows": table.num_rows,
+                        "users": len(lengths),
+                        "shown": len(flat),
+                        "user_items": len(np.unique(user_of_row.astype(np.int64) * (1 << 40) + _dense(clicked))),
+                    }
+                    self.ads = np.union1d(self.ads, np.unique(flat))
+                    self.documents = np.union1d(self.documents, np.unique(table.column("document_id").to_numpy()))
+                    np.add.at(self.histogram, (timestamp - self.time_min) // self.bin_width, 1)
+                    widths = pc.binary_length(table.column("uuid").cast(pa.binary()))
+                    self.id_width = max(self.id_width, int(pc.max(widths).as_py() or 1))
+                sorted_path = path.with_suffix(".arrow")
+                with ipc.new_file(str(sorted_path), _IMPRESSION_SCHEMA) as writer:
+                    writer.write_table(table.cast(_IMPRESSION_SCHEMA))
+                sorted_paths.append(sorted_path)
+                self.sizes.append(sizes)
+                update(1)
+        self.user_buckets = sorted_paths
+        self.n_impressions = sum(size["rows"] for size in self.sizes)
+        self.n_users = sum(size["users"] for size in self.sizes)
+        self.counts["impressions kept"] = self.n_impressions
+        self.counts["users kept"] = self.n_users
+        if self.n_impressions == 0:
+            raise DataError(
+                f"{self.folder}: no impression is left after min_impressions={self.options.min_impressions}; "
+                "see the counts:\n" + format_counts(self.counts)
+            )
+
+    # -- phase 5 -------------------------------------------------------------------------------
+    def split_point(self) -> int:
+        """Phase 5: the exact time cut, from the histogram and the timestamps of one bin."""
+        n = self.n_impressions
+        if self.options.split_time is not None:
+            cut = int(self.options.split_time)
+            n_train = int(self.histogram[: max(0, (cut - self.time_min) // self.bin_width)].sum())
+            n_train += sum(self._times_in_bin((cut - self.time_min) // self.bin_width, below=cut))
+        else:
+            rank = int(n * (1.0 - self.options.test_fraction))
+            cumulative = np.cumsum(self.histogram)
+            target_bin = int(np.searchsorted(cumulative, rank, side="right"))
+            before = int(cumulative[target_bin - 1]) if target_bin > 0 else 0
+            times = np.sort(np.concatenate(self._times_in_bin(target_bin)))
+            cut = int(times[rank - before])
+            n_train = before + int((times < cut).sum())
+        self.n_train = n_train
+        if n_train == 0 or n_train == n:
+            how = (
+                f"split_time={self.options.split_time}"
+                if self.options.split_time is not None
+                else (f"test_fraction={self.options.test_fraction}")
+            )
+            raise DataError(
+                f"the time split of 'outbrain' with {how} leaves {n_train} training and {n - n_train} test impressions; "
+                "both must be non-empty (are all timestamps equal?)"
+            )
+        return cut
+
+    def _times_in_bin(self, target_bin: int, below: int | None = None) -> list[Any]:
+        """The timestamps of one histogram bin, read back from the sorted user buckets (or their count below ``below``)."""
+        if not 0 <= target_bin < len(self.histogram):
+            return [] if below is None else [0]
+        low = self.time_min + target_bin * self.bin_width
+        high = low + self.bin_width
+        found: list[Any] = []
+        for path in self.user_buckets:
+            with pa.memory_map(str(path)) as source:
+                timestamp = ipc.open_file(source).read_all().column("timestamp").to_numpy()
+            inside = timestamp[(timestamp >= low) & (timestamp < high)]
+            found.append(int((inside < below).sum()) if below is not None else inside)
+        return found
+
+    # -- phase 6 -------------------------------------------------------------------------------
+    def write_arrays(self, cut_time: int) -> None:
+        """Phase 6: write the impression, shown and user-item arrays bucket by bucket into memory-mapped .npy files."""
+        # Vocabularies: ads in the reference's order (their ids compared as strings), context documents sorted.
+        ads = self.ads
+        string_order = np.argsort(ads.astype(str), kind="stable")
+        self.item_ids = ads[string_order]
+        item_of_ad = np.empty(len(ads), dtype=np.int32)
+        item_of_ad[string_order] = np.arange(len(ads), dtype=np.int32)
+        self.context_ids = self.documents
+        n_items = len(ads)
+        n, n_users = self.n_impressions, self.n_users
+        n_shown = sum(size["shown"] for size in self.sizes)
+        n_user_items = sum(size["user_items"] for size in self.sizes)
+
+        def create(name: str, dtype: Any, shape: tuple[int, ...]) -> _NpyWriter:
+            return _NpyWriter(self.tmp_dir / f"{name}.npy", dtype, shape[0], leading_zero=name.endswith("_ptr"))
+
+        out = {
+            "user_ptr": create("user_ptr", np.int64, (n_users + 1,)),
+            "imp_user": create("imp_user", np.int32, (n,)),
+            "imp_time": create("imp_time", np.int64, (n,)),
+            "imp_context": create("imp_context", np.int32, (n,)),
+            "imp_platform": create("imp_platform", np.int8, (n,)),
+            "imp_clicked": create("imp_clicked", np.int32, (n,)),
+            "imp_is_train": create("imp_is_train", np.bool_, (n,)),
+            "imp_raw_id": create("imp_raw_id", np.int64, (n,)),
+            "shown_ptr": create("shown_ptr", np.int64, (n + 1,)),
+            "shown_items": create("shown_items", np.int32, (n_shown,)),
+            "user_items_ptr": create("user_items_ptr", np.int64, (n_users + 1,)),
+            "user_items": create("user_items", np.int32, (n_user_items,)),
+            "user_ids": create("user_ids", f"S{self.id_width}", (n_users,)),
+        }
+        self.item_train_clicks = np.zeros(n_items, dtype=np.int64)
+        self.item_train_shown = np.zeros(n_items, dtype=np.int64)
+        row0 = user0 = shown0 = items0 = 0
+        with self.bar("write arrays", len(self.user_buckets), "bucket") as update:
+            for path, sizes in zip(self.user_buckets, self.sizes, strict=True):
+                if sizes["rows"] == 0:
+                    path.unlink()
+                    update(1)
+                    continue
+                with pa.memory_map(str(path)) as source:
+                    table = ipc.open_file(source).read_all()
+                rows, users = sizes["rows"], sizes["users"]
+                uuid = table.column("uuid").combine_chunks()
+                starts = _run_starts(uuid)
+                lengths = np.diff(np.append(starts, rows))
+                user_of_row = np.repeat(np.arange(users, dtype=np.int64), lengths)
+                timestamp = table.column("timestamp").to_numpy()
+                clicked = item_of_ad[np.searchsorted(ads, table.column("clicked").to_numpy())]
+                is_train = timestamp < cut_time
+
+                # Impression arrays.
+                block = slice(row0, row0 + rows)
+                out["imp_user"][block] = user0 + user_of_row
+                out["imp_time"][block] = timestamp
+                out["imp_context"][block] = np.searchsorted(self.documents, table.column("document_id").to_numpy())
+                out["imp_platform"][block] = table.column("platform").to_numpy()
+                out["imp_clicked"][block] = clicked
+                out["imp_is_train"][block] = is_train
+                out["imp_raw_id"][block] = table.column("display_id").to_numpy()
+                out["user_ptr"][user0 + 1 : user0 + users + 1] = row0 + np.cumsum(lengths)
+                out["user_ids"][user0 : user0 + users] = np.asarray(
+                    uuid.take(pa.array(starts)).cast(pa.binary()).to_numpy(zero_copy_only=False), dtype=f"S{self.id_width}"
+                )
+
+                # Shown items: the clicked one first, then the others in file order.
+                shown = table.column("shown").combine_chunks()
+                list_lengths = pc.list_value_length(shown).to_numpy().astype(np.int64)
+                flat = item_of_ad[np.searchsorted(ads, shown.flatten().to_numpy())]
+                row_of_flat = np.repeat(np.arange(rows), list_lengths)
+                is_other = flat != clicked[row_of_flat]
+                order = np.lexsort((np.arange(len(flat)), is_other, row_of_flat))
+                out["shown_items"][shown0 : shown0 + len(flat)] = flat[order]
+                out["shown_ptr"][row0 + 1 : row0 + rows + 1] = shown0 + np.cumsum(list_lengths)
+
+                # Every item each user clicked, sorted and unique.
+                pairs = np.unique(user_of_row * (1 << 32) + clicked.astype(np.int64))
+                pair_users, pair_items = pairs >> 32, (pairs & 0xFFFFFFFF).astype(np.int32)
+                out["user_items"][items0 : items0 + len(pairs)] = pair_items
+                out["user_items_ptr"][user0 + 1 : user0 + users + 1] = items0 + np.cumsum(
+                    np.bincount(pair_users, minlength=users)
+                )
+
+                # Training counts per item.
+                self.item_train_clicks += np.bincount(clicked[is_train], minlength=n_items)
+                self.item_train_shown += np.bincount(flat[is_train[row_of_flat]], minlength=n_items)
+                row0, user0, shown0, items0 = row0 + rows, user0 + users, shown0 + len(flat), items0 + len(pairs)
+                del table
+                path.unlink()
+                update(1)
+        for writer in out.values():
+            writer.close()
+        self.arrays = {name: writer.path for name, writer in out.items()}
+        np.save(self.tmp_dir / "item_ids.npy", encode_strings([str(item) for item in self.item_ids]), allow_pickle=False)
+        np.save(self.tmp_dir / "context_ids.npy", self.context_ids.astype(np.int64), allow_pickle=False)
+        self.item_index_of_ad = item_of_ad
+
+    # -- phase 7 -------------------------------------------------------------------------------
+    def cf_embedding(self, oversample: int = 10, power_iterations: int = 3, seed: int = 0) -> np.ndarray:
+        """Phase 7: item vectors of a randomized truncated SVD of the binary training user-item matrix, streamed."""
+        n_items, n_users = len(self.item_ids), self.n_users
+        dim = min(self.options.cf_dim, min(n_users, n_items) - 1)
+        if dim <= 0 or self.n_train == 0:
+            return np.zeros((n_items, 0))
+        width = min(dim + oversample, n_items)
+        rng = np.random.default_rng(seed)
+        basis = np.linalg.qr(self._gram_times(rng.standard_normal((n_items, width))))[0]
+        with self.bar("co-click embedding", power_iterations, "pass") as update:
+            for _ in range(power_iterations):
+                basis = np.linalg.qr(self._gram_times(basis))[0]
+                update(1)
+        small = basis.T @ self._gram_times(basis)
+        eigenvalues, eigenvectors = np.linalg.eigh((small + small.T) / 2.0)
+        order = np.argsort(-eigenvalues)[:dim]
+        singular = np.sqrt(np.clip(eigenvalues[order], 0.0, None))
+        right = (basis @ eigenvectors[:, order]).T
+        # Fix each component's sign as the reference does: its first clearly non-zero entry is positive.
+        magnitude = np.abs(right)
+        first = (magnitude > 1e-6 * magnitude.max(axis=1, keepdims=True)).argmax(axis=1)
+        signs = np.sign(right[np.arange(dim), first])
+        signs[signs == 0] = 1.0
+        right = right * signs[:, None]
+        return _normalise_rows(right.T * np.sqrt(singular))
+
+    def _gram_times(self, matrix: np.ndarray) -> np.ndarray:
+        """``Mᵀ M X`` for the binary training user-item matrix ``M``, one chunk of users at a time."""
+        from scipy import sparse
+
+        result = np.zeros_like(matrix)
+        n_items = matrix.shape[0]
+        step = max(self.chunk_rows, 1024)
+        carried: tuple[np.ndarray, ...] = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
+        for start in range(0, self.n_impressions, step):
+            # Rows of whole users: the last user of a chunk is carried into the next one.
+            stop = min(start + step, self.n_impressions)
+            users = np.concatenate([carried[0], _read_rows(self.arrays["imp_user"], start, stop).astype(np.int64)])
+            items = np.concatenate([carried[1], _read_rows(self.arrays["imp_clicked"], start, stop).astype(np.int64)])
+            train = np.concatenate([carried[2], _read_rows(self.arrays["imp_is_train"], start, stop)])
+            cut = len(users) if stop == self.n_impressions else int(np.searchsorted(users, users[-1]))
+            carried = (users[cut:], items[cut:], train[cut:])
+            users, items = users[:cut][train[:cut]], items[:cut][train[:cut]]
+            if len(users):
+                first = int(users[0])
+                chunk = sparse.csr_matrix(
+                    (np.ones(len(users)), (users - first, items)), shape=(int(users[-1]) - first + 1, n_items)
+                )
+                chunk.data = np.minimum(chunk.data, 1.0)
+                result += chunk.T @ (chunk @ matrix)
+        return result
+
+    # -- phase 8 -------------------------------------------------------------------------------
+    def content_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Phase 8: content vectors of ads and context pages, the reduction learned on the training split's ads."""
+        n_items, n_contexts = len(self.item_ids), len(self.context_ids)
+        if self.options.content_dim == 0:
+            return np.zeros((n_items, 0)), np.zeros((n_contexts, 0))
+        with self.bar("content files", None, "file"):
+            item_content, context_content = _read_content(
+                self.folder, self.item_ids, self.context_ids, self.chunk_rows, self.notes
+            )
+        if item_content is None or len(item_content) == 0:
+            return np.zeros((n_items, 0)), np.zeros((n_contexts, 0))
+        return _content_vectors(
+            item_content, context_content, self.item_ids, self.item_train_shown > 0, self.context_ids, self.options.content_dim
+        )
+
+
+def _content_vectors(
+    item_content: pd.DataFrame,
+    context_content: pd.DataFrame | None,
+    item_ids: np.ndarray,
+    fit: np.ndarray,
+    context_ids: np.ndarray,
+    dim: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Content vectors of ads and context pages on an IDF-weighted truncated SVD learned from the ads in ``fit``.
+
+    :param item_content: ``key`` (ad id), ``token``, ``weight`` rows.
+    :param context_content: the same for context documents, or ``None``.
+    :param item_ids: ad id of every item index.
+    :param fit: mask over items: those the reduction (IDF and basis) is learned from.
+    :param context_ids: document id of every context index.
+    :param dim: the most dimensions.
+    :return: item vectors (n_items, d) and context vectors (n_contexts, d), rows of unit length or zero.
+    """
+    from scipy import sparse
+
+    from recsys_gym.data.dataset import _truncated_svd
+
+    tables = [item_content] + ([context_content] if context_content is not None else [])
+    tokens = pd.Index(np.sort(pd.unique(pd.concat([table["token"].astype(str) for table in tables]).to_numpy())))
+
+    def matrix(table: pd.DataFrame, ids: np.ndarray) -> Any:
+        rows = pd.Index(ids).get_indexer(table["key"].to_numpy(dtype=np.int64))
+        keep = rows >= 0
+        return sparse.csr_matrix(
+            (
+                table["weight"].to_numpy(dtype=np.float64)[keep],
+                (rows[keep], tokens.get_indexer(pd.Index(table["token"].astype(str)))[keep]),
+            ),
+            shape=(len(ids), len(tokens)),
+        )
+
+    # IDF and basis from the training ads alone; every ad and context page projected on them.
+    items = matrix(item_content, item_ids)
+    fitted = items[np.flatnonzero(fit)]
+    document_frequency = np.asarray((fitted > 0).sum(axis=0)).ravel()
+    idf = sparse.diags(np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0)
+    _, _, right = _truncated_svd(fitted @ idf, dim)
+    item_vectors = _normalise_rows(np.asarray((items @ idf) @ right.T))
+    if context_content is None or len(context_ids) == 0:
+        return item_vectors, np.zeros((len(context_ids), right.shape[0]))
+    return item_vectors, _normalise_rows(np.asarray((matrix(context_content, context_ids) @ idf) @ right.T))
+
+
+class _NpyWriter:
+    """A ``.npy`` file of known length written front to back, one slice after another, without mapping it.
+
+    :param path: the file.
+    :param dtype: its dtype.
+    :param length: its number of elements (1-D).
+    :param leading_zero: write a first element 0 (the start of a CSR pointer array).
+    """
+
+    def __init__(self, path: Path, dtype: Any, length: int, *, leading_zero: bool = False) -> None:
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.length = length
+        self.handle = open(path, "wb")  # noqa: SIM115  (closed by close())
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (length,)}
+        np.lib.format.write_array_header_1_0(self.handle, header)
+        self.position = 0
+        if leading_zero:
+            self[0:1] = np.zeros(1, dtype=self.dtype)
+
+    def __setitem__(self, index: slice, values: Any) -> None:
+        if index.start != self.position:
+            raise RuntimeError(f"{self.path.name}: writes must follow each other, got {index} at {self.position}")
+        array = np.ascontiguousarray(values, dtype=self.dtype)
+        self.handle.write(array.tobytes())
+        self.position += len(array)
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.position != self.length:
+            raise RuntimeError(f"{self.path.name}: wrote {self.position} of {self.length} elements")
+
+
+def _read_rows(path: Path, start: int, stop: int) -> np.ndarray:
+    """Elements ``start:stop`` of a 1-D ``.npy`` file, read (not mapped), so they leave no resident pages behind."""
+    with open(path, "rb") as handle:
+        major, _ = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        _, _, dtype = read_header(handle)
+        return np.fromfile(handle, dtype=dtype, count=stop - start, offset=start * dtype.itemsize)
+
+
+def _run_starts(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Start positions of the runs of equal values in a sorted Arrow array."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    differs = pc.not_equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.flatnonzero(differs) + 1]).astype(np.int64)
+
+
+def _dense(values: np.ndarray) -> np.ndarray:
+    """Small non-negative codes of arbitrary int64 values (their rank among the distinct values)."""
+    return np.unique(values, return_inverse=True)[1].astype(np.int64)

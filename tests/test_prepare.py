@@ -1,0 +1,273 @@
+"""Tests of the streaming Outbrain preparation against the in-memory reference, on bad input, and on killed runs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_outbrain_loader import ALL_FILES, CLICKS, EVENTS, write_files
+
+from recsys_gym.cli import main
+from recsys_gym.data import dataset as dataset_module
+from recsys_gym.data.dataset import BuildOptions, CompactDataset, build_dataset, load_dataset
+from recsys_gym.data.outbrain import read_outbrain
+from recsys_gym.data.prepare import PAUSE_ENV, PrepareOptions, prepare_outbrain
+from recsys_gym.data.synthetic import generate_outbrain
+from recsys_gym.error import DataError, MissingDataError
+
+#: Arrays that must equal the reference's exactly.
+EXACT = (
+    "user_ptr",
+    "imp_user",
+    "imp_time",
+    "imp_context",
+    "imp_platform",
+    "imp_clicked",
+    "imp_is_train",
+    "imp_raw_id",
+    "shown_ptr",
+    "shown_items",
+    "user_items_ptr",
+    "user_items",
+    "item_train_clicks",
+    "item_train_shown",
+    "context_ids",
+)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generator's files for 300 users (3,626 displays, 18,753 click rows)."""
+    return generate_outbrain(tmp_path_factory.mktemp("generated"), n_users=300)
+
+
+def assert_same_as_reference(new: CompactDataset, reference: CompactDataset) -> None:
+    """Every impression, user, shown set, user-item set, split, count and id equals the reference's."""
+    for name in EXACT:
+        assert np.array_equal(getattr(new, name), getattr(reference, name)), name
+    assert list(new.user_ids) == list(reference.user_ids)
+    assert list(new.item_ids) == list(reference.item_ids)
+    assert np.array_equal(new.item_features[:, :3], reference.item_features[:, :3])
+    assert new.manifest["cut_time"] == reference.manifest["cut_time"]
+
+
+@pytest.mark.parametrize(("chunk_rows", "bucket_bytes"), [(1_000_000, 64 << 20), (300, 4000)])
+def test_generated_data_equals_the_in_memory_reference(
+    generated: Path, tmp_path: Path, chunk_rows: int, bucket_bytes: int
+) -> None:
+    reference = build_dataset(read_outbrain(generated), tmp_path / "reference", BuildOptions())
+    new = prepare_outbrain(generated, tmp_path / "new", chunk_rows=chunk_rows, bucket_bytes=bucket_bytes, progress=False)
+    assert (new.n_users, new.n_items, new.n_impressions) == (300, 1427, 3626)
+    assert_same_as_reference(new, reference)
+    assert new.item_dim == reference.item_dim == 3 + 8 + 8 and new.context_dim == 8
+    assert np.all(np.abs(new.item_features) <= 1.0) and np.all(np.abs(new.context_features) <= 1.0)
+    # The co-click embedding spans nearly the reference's subspace (a randomized method, not ARPACK).
+    ours, theirs = (np.linalg.qr(data.item_features[:, -8:])[0] for data in (new, reference))
+    assert np.linalg.svd(ours.T @ theirs)[1][:4].min() > 0.95
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 1000])
+def test_tiny_log_equals_the_reference_and_counts_every_repair(tmp_path: Path, chunk_rows: int) -> None:
+    raw_dir = write_files(tmp_path / "raw", ALL_FILES)
+    reference = build_dataset(read_outbrain(raw_dir), tmp_path / "reference", BuildOptions(content_dim=2, cf_dim=1))
+    new = prepare_outbrain(
+        raw_dir, tmp_path / "new", options=PrepareOptions(content_dim=2, cf_dim=1), chunk_rows=chunk_rows, progress=False
+    )
+    assert_same_as_reference(new, reference)
+    assert list(new.user_ids) == ["aaa", "bbb"] and list(new.item_ids) == ["10", "11", "12", "13"]
+    assert new.imp_raw_id.tolist() == [1, 3, 2] and new.imp_platform.tolist() == [3, 2, 0]
+    assert new.imp_is_train.tolist() == [True, False, True]
+    counts = new.manifest["prepare_counts"]
+    assert counts["clicks_train.csv: rows read"] == 9 and counts["events.csv: rows read"] == 4
+    assert counts["duplicate click rows dropped"] == 1
+    assert counts["click rows dropped: display has no event"] == 2 and counts["displays dropped: no event"] == 1
+    assert counts["events skipped: display has no clicks (test displays)"] == 1
+    assert (counts["impressions kept"], counts["users kept"], counts["items"], counts["contexts"]) == (3, 2, 4, 3)
+
+
+def test_options_window_min_impressions_and_split_time(tmp_path: Path) -> None:
+    raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS, "clicks_train.csv": CLICKS})
+    # Display 1 (t=61) falls before the window; user aaa is left with one impression, below min_impressions=2.
+    windowed = prepare_outbrain(
+        raw_dir, tmp_path / "a", options=PrepareOptions(start_time=70, end_time=1000, cf_dim=0), progress=False
+    )
+    assert windowed.imp_raw_id.tolist() == [3, 2]
+    assert windowed.manifest["prepare_counts"]["impressions dropped: outside the time window"] == 1
+    both = prepare_outbrain(
+        raw_dir, tmp_path / "b", options=PrepareOptions(min_impressions=2, split_time=100, cf_dim=0), progress=False
+    )
+    assert list(both.user_ids) == ["aaa"] and both.imp_raw_id.tolist() == [1, 3]
+    assert both.imp_is_train.tolist() == [True, False] and both.manifest["cut_time"] == 100
+    counts = both.manifest["prepare_counts"]
+    assert (counts["impressions dropped: user below min_impressions"], counts["users dropped: below min_impressions"]) == (
+        1,
+        1,
+    )
+    with pytest.raises(DataError, match=r"split_time=10 leaves 0 training and 3 test impressions"):
+        prepare_outbrain(raw_dir, tmp_path / "c", options=PrepareOptions(split_time=10), progress=False)
+    with pytest.raises(ValueError, match=r"min_impressions must be an integer >= 1, got 0"):
+        PrepareOptions(min_impressions=0)
+
+
+GOOD_CLICKS = "display_id,ad_id,clicked\n1,10,0\n1,11,1\n2,10,1\n2,12,0\n3,11,0\n3,13,1\n"
+
+
+@pytest.mark.parametrize(
+    ("file_name", "text", "pattern"),
+    [
+        (
+            "clicks_train.csv",
+            "display_id,ad_idd,clicked\n1,10,1\n",
+            r"clicks_train.csv: missing column\(s\) \['ad_id'\] \(did you mean 'ad_idd' for 'ad_id'\?\)",
+        ),
+        ("events.csv", "display_id,uuid,document_id,platform\n1,a,1,1\n", r"events.csv: missing column\(s\) \['timestamp'\]"),
+        ("clicks_train.csv", GOOD_CLICKS + "4,10\n", r"clicks_train.csv: line 8 has 2 field\(s\), expected 3"),
+        ("clicks_train.csv", GOOD_CLICKS.replace("2,12,0", "2,12,"), r"clicks_train.csv: line 5 column 'clicked' is empty"),
+        ("clicks_train.csv", GOOD_CLICKS.replace("2,12,0", "2,x,0"), r"clicks_train.csv: line 5 column 'ad_id' holds 'x'"),
+        ("clicks_train.csv", GOOD_CLICKS.replace("3,11,0", "3,11,1"), r"clicks_train.csv: display_id 3 has 2 clicked ad\(s\)"),
+        ("clicks_train.csv", GOOD_CLICKS.replace("3,13,1", "3,13,0"), r"display_id 3 has 0 clicked ad\(s\) .* on line 6"),
+        (
+            "events.csv",
+            EVENTS.replace("2,bbb,101,81,\\N,--", "2,,101,81,\\N,--"),
+            r"events.csv: line 3 column 'uuid' is empty",
+        ),
+        ("events.csv", EVENTS.replace(",\\N,", ",,"), r"events.csv: line 3 column 'platform' holds '', expected one of"),
+        (
+            "events.csv",
+            EVENTS + "2,bbb,101,99,1,US\n",
+            r"events.csv: display_id 2 has two different rows \(the first on line 3\)",
+        ),
+        ("clicks_train.csv", "", r"clicks_train.csv: the file is empty"),
+        ("events.csv", "display_id,uuid,document_id,timestamp,platform\n", r"no impression is left"),
+    ],
+)
+def test_bad_input_names_file_line_and_column(tmp_path: Path, file_name: str, text: str, pattern: str) -> None:
+    files = {"events.csv": EVENTS, "clicks_train.csv": GOOD_CLICKS, file_name: text}
+    with pytest.raises(DataError, match=pattern):
+        prepare_outbrain(write_files(tmp_path / "raw", files), tmp_path / "out", progress=False)
+
+
+def test_skip_mode_counts_bad_lines_and_displays(tmp_path: Path) -> None:
+    clicks = GOOD_CLICKS.replace("3,11,0", "3,11,1") + "4,10\n1,12,0,9\n2,10,1\n"
+    events = EVENTS + "2,bbb,101,81,\\N,--\n"  # an identical duplicate event is dropped and counted
+    raw_dir = write_files(tmp_path / "raw", {"events.csv": events, "clicks_train.csv": clicks})
+    data = prepare_outbrain(raw_dir, tmp_path / "out", on_bad_lines="skip", options=PrepareOptions(cf_dim=0), progress=False)
+    assert data.imp_raw_id.tolist() == [1, 2]
+    counts = data.manifest["prepare_counts"]
+    assert counts["clicks_train.csv: malformed lines skipped"] == 2
+    assert counts["displays dropped: two or more clicked ads (skip mode)"] == 1
+    assert counts["duplicate click rows dropped"] == 1 and counts["duplicate event rows dropped"] == 1
+
+
+def test_missing_and_compressed_files_are_named(tmp_path: Path) -> None:
+    raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS})
+    with pytest.raises(MissingDataError, match=r"has no clicks_train.csv"):
+        prepare_outbrain(raw_dir, progress=False)
+    with pytest.raises(MissingDataError, match=r"raw_dir='.*nowhere' does not exist"):
+        prepare_outbrain(tmp_path / "nowhere", progress=False)
+    (raw_dir / "clicks_train.csv").write_bytes(gzip.compress(GOOD_CLICKS.encode()))
+    with pytest.raises(DataError, match=r"clicks_train.csv: the file is gzip-compressed, not CSV text; unpack it"):
+        prepare_outbrain(raw_dir, tmp_path / "out", progress=False)
+    with zipfile.ZipFile(raw_dir / "clicks_train.csv", "w") as archive:
+        archive.writestr("clicks_train.csv", GOOD_CLICKS)
+    with pytest.raises(DataError, match=r"the file is a zip archive, not CSV text; unzip it"):
+        prepare_outbrain(raw_dir, tmp_path / "out", progress=False)
+    (raw_dir / "clicks_train.csv").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match=r"the file holds NUL bytes: it is binary, not CSV text"):
+        prepare_outbrain(raw_dir, tmp_path / "out", progress=False)
+
+
+def test_load_dataset_uses_the_pipeline_and_rebuilds_a_tampered_cache(
+    generated: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    first = load_dataset("outbrain", generated, cache_dir=cache, prepare_options={"min_impressions": 2})
+    assert "prepare_counts" in first.manifest and first.manifest["options"]["min_impressions"] == 2
+    assert "user_ids" not in first.manifest and isinstance(first.user_ids[0], str)
+    clean = {name: np.array(getattr(first, name)) for name in EXACT}
+    for damage in ("flip", "truncate"):
+        target = first.path / "shown_items.npy"
+        data = bytearray(target.read_bytes())
+        if damage == "flip":
+            data[-3] ^= 0x01
+        else:
+            del data[-8:]
+        target.chmod(0o644)
+        target.write_bytes(bytes(data))
+        dataset_module._LOADED.clear()
+        with caplog.at_level(logging.WARNING):
+            again = load_dataset("outbrain", generated, cache_dir=cache, prepare_options={"min_impressions": 2})
+        assert "is incomplete or changed since it was written; rebuilding it" in caplog.text
+        caplog.clear()
+        assert again.path == first.path
+        for name, array in clean.items():
+            assert np.array_equal(getattr(again, name), array), name
+        first = again
+    # Other options are another cache.
+    other = load_dataset("outbrain", generated, cache_dir=cache)
+    assert other.path != first.path and other.n_users == 300
+
+
+@pytest.mark.parametrize("phase", ["after_events", "before_seal"])
+def test_a_killed_run_is_never_trusted_and_the_next_run_rebuilds(generated: Path, tmp_path: Path, phase: str) -> None:
+    out = tmp_path / "out"
+    script = (
+        "from recsys_gym.data.prepare import prepare_outbrain\n"
+        f"prepare_outbrain({str(generated)!r}, {str(out)!r}, progress=False, bucket_bytes=20000)\n"
+    )
+    env = {**os.environ, PAUSE_ENV: phase, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".out.*.partial/PAUSED")):
+            assert process.poll() is None, "the preparation ended before it paused"
+            assert time.monotonic() < deadline, "the preparation never paused"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    # The killed run left a .partial directory and no output.
+    assert not out.exists() and len(list(tmp_path.glob(".out.*.partial"))) == 1
+    rebuilt = prepare_outbrain(generated, out, progress=False)
+    assert list(tmp_path.glob(".out.*.partial")) == []
+    clean = prepare_outbrain(generated, tmp_path / "clean", progress=False)
+    for name in EXACT:
+        assert np.array_equal(getattr(rebuilt, name), getattr(clean, name)), name
+    digests = json.loads((out / "manifest.json").read_text())["array_blake2b"]
+    assert digests == json.loads((tmp_path / "clean" / "manifest.json").read_text())["array_blake2b"]
+
+
+def test_an_existing_output_is_reused_replaced_or_refused(tmp_path: Path) -> None:
+    raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS, "clicks_train.csv": CLICKS})
+    first = prepare_outbrain(raw_dir, tmp_path / "out", progress=False)
+    stamp = (first.path / "manifest.json").stat().st_mtime_ns
+    assert prepare_outbrain(raw_dir, tmp_path / "out", progress=False).path == first.path
+    assert (first.path / "manifest.json").stat().st_mtime_ns == stamp
+    changed = prepare_outbrain(raw_dir, tmp_path / "out", options=PrepareOptions(cf_dim=0), progress=False)
+    assert changed.item_dim == 3
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"out_dir='.*other' exists and is not a dataset cache"):
+        prepare_outbrain(raw_dir, tmp_path / "other", progress=False)
+
+
+def test_command_line_prints_the_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS, "clicks_train.csv": CLICKS})
+    assert (
+        main(["prepare", "outbrain", "--raw", str(raw_dir), "--out", str(tmp_path / "out"), "--quiet", "--cf-dim", "0"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "duplicate click rows dropped" in printed and "impressions kept" in printed
+    assert "users=2, items=4, impressions=3" in printed
+    assert main(["prepare", "outbrain", "--raw", str(tmp_path / "none"), "--quiet"]) == 1
+    assert "error: raw_dir=" in capsys.readouterr().err
