@@ -90,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--sizes", type=float, nargs=2, default=[0.01, 0.1], help="two generator sizes (fractions of the real data)")
+    parser.add_argument(
+        "--sizes", type=float, nargs=2, default=[0.01, 0.1], help="two generator sizes (fractions of the real data)"
+    )
     parser.add_argument("--work", default="runs/prepare-work", help="folder for the generated data and the prepared caches")
     parser.add_argument("--processes", type=int, default=4, help="processes mapping one cache in the sharing check")
     parser.add_argument("--skip-naive", action="store_true", help="measure the streaming pipeline only")
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             full = [*command, "--out", str(target)] if side == "streaming" else [*command, str(target)]
             seconds, peak_mb, code = run_measured(full, work / f"{side}-{size:g}.log")
             if code != 0:
-                raise SystemExit(f"{side} preparation of size {size:g} failed (exit code {code}); see {work}/{side}-{size:g}.log")
+                log = work / f"{side}-{size:g}.log"
+                raise SystemExit(f"{side} preparation of size {size:g} failed (exit code {code}); see {log}")
             rows.append(
                 {
                     "size": size,
@@ -228,16 +231,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{row.peak_mb:,.0f} | {row.rows_per_s:,.0f} |"
         )
     lines += ["", "| measure | value | target |", "|---|---|---|"]
-    lines.append(f"| streaming peak memory at size {large:g} | {stream.loc[large, 'peak_mb']:,.0f} MB | < {TARGET_PEAK_MB:,} MB |")
+    peak = stream.loc[large, "peak_mb"]
+    lines.append(f"| streaming peak memory at size {large:g} | {peak:,.0f} MB | < {TARGET_PEAK_MB:,} MB |")
     lines.append(f"| its growth from size {small:g} to {large:g} | {100 * growth:+.0f}% | <= +{100 * TARGET_GROWTH:.0f}% |")
     if not args.skip_naive:
         naive = table[table["side"] == "naive"].set_index("size")
         for size in args.sizes:
             speedup = naive.loc[size, "seconds"] / stream.loc[size, "seconds"]
             lines.append(f"| speed vs naive at size {size:g} | {speedup:.2f}x | >= {TARGET_SPEEDUP:.0f}x |")
-        lines.append(
-            f"| peak memory vs naive at size {large:g} | {stream.loc[large, 'peak_mb'] / naive.loc[large, 'peak_mb']:.2f}x | – |"
-        )
+        lines.append(f"| peak memory vs naive at size {large:g} | {peak / naive.loc[large, 'peak_mb']:.2f}x | – |")
     lines.append(
         f"| extrapolated time for the full data ({full_rows:,} rows of {len(present)} files) | {full_minutes:.1f} min "
         f"| < {TARGET_FULL_MINUTES:.0f} min |"
