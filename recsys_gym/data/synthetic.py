@@ -144,7 +144,7 @@ _MAX_DOCUMENT_TOPICS = 10
 _MIN_ADS = 1500
 _MIN_DOCUMENTS = 4000
 _UNKNOWN_PLATFORM_SHARE = 0.002
-_CHUNK_DISPLAYS = 65_536
+_CHUNK_DISPLAYS = 32_768
 _US_STATES = ("CA", "TX", "NY", "FL", "IL", "PA", "OH", "MI", "GA", "WA", "SC", "WV", "MA", "AZ", "NC", "NJ", "VA", "IN")
 _OTHER_REGIONS = ("GB>H9", "GB>F3", "CA>ON", "CA>BC", "AU>02", "IN>16", "DE>16", "FR>A8", "PH>D9", "ZA>06", "SG>00")
 _COUNTRIES = ("US", "CA", "GB", "AU", "IN", "EU", "AP", "SE", "JP")
@@ -253,6 +253,7 @@ def generate_outbrain(
     }
     for file_name, table in tables.items():
         rows[file_name] = _write_file(out_path, file_name, [table])
+    del tables
     document_popularity = (1.0 + rng.permutation(n_documents)) ** -1.0
 
     # Ads: landing documents (about three ads each), campaigns, advertisers, Zipf popularity.
@@ -274,7 +275,7 @@ def generate_outbrain(
     rows["promoted_content.csv"] = _write_file(out_path, "promoted_content.csv", [promoted])
     popularity = (1.0 + rng.permutation(n_ads)) ** -popularity_exponent
     popularity /= popularity.sum()
-    ad_topics, ad_confidence = doc_topics[landing], doc_confidence[landing]
+    ad_topics, ad_confidence = doc_topics[landing].astype(np.int16), doc_confidence[landing].astype(np.float32)
 
     # Users: events (88% once, a power-law tail), favourite topics, usual platform, location.
     events_of_user = _events_per_user(rng, n_users, once_share, events_per_user_mean)
@@ -282,10 +283,11 @@ def generate_outbrain(
     uuid_values = _distinct_uint64(rng, n_users, 16**14)
     user_platform = rng.choice(np.array([1, 2, 3], dtype=np.int8), size=n_users, p=[0.32, 0.52, 0.16])
     locations, location_weights = _location_catalogue(rng)
-    user_location = rng.choice(len(locations), size=n_users, p=location_weights)
+    user_location = rng.choice(len(locations), size=n_users, p=location_weights).astype(np.int16)
 
     # Displays: the users' events shuffled over the time line, counted per time bucket.
     display_user = rng.permutation(np.repeat(np.arange(n_users, dtype=np.int32), events_of_user))
+    del events_of_user
     n_events = len(display_user)
     span = max(1, int(days * _DAY_MS))
     bucket_edges, bucket_counts = _time_buckets(rng, n_events, span)
@@ -295,6 +297,7 @@ def generate_outbrain(
 
     # Samplers: documents by main topic (popularity), ads by topic (popularity x confidence), ads by popularity.
     documents_by_topic = _GroupSampler(doc_topics[:, 0], document_popularity, n_topics)
+    del doc_topics, doc_confidence
     document_cdf = np.cumsum(document_popularity) / document_popularity.sum()
     used = ad_confidence > 0
     ads_by_topic = _GroupSampler(
@@ -565,26 +568,38 @@ def _user_favourites(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(favourites, cdf, weight)``, each ``(n_users, 3)``: 1 to 3 distinct favourite topics a user.
 
-    Unused slots repeat the first favourite with weight 0 (their cumulative weight is 1).
+    Unused slots repeat the first favourite with weight 0 (their cumulative weight is 1). Users are
+    drawn in blocks, so the temporary arrays stay small whatever their number.
     """
     n_topics = len(topic_prevalence)
-    # Eight draws by prevalence; the first three distinct ones are the candidates.
-    draws = np.minimum(np.searchsorted(np.cumsum(topic_prevalence), rng.random((n_users, 8)), side="right"), n_topics - 1)
-    first = _first_occurrences(draws)
-    rank = np.cumsum(first, axis=1)
-    favourites = np.repeat(draws[:, :1], 3, axis=1)
-    available = np.ones(n_users, dtype=np.int64)
-    for slot in (1, 2):
-        has = (first & (rank == slot + 1)).any(axis=1)
-        column = np.argmax(first & (rank == slot + 1), axis=1)
-        favourites[has, slot] = draws[has, column[has]]
-        available += has
-    n_favourites = np.minimum(rng.integers(1, 4, size=n_users), available)
-    weight = rng.dirichlet(np.full(3, 2.0), size=n_users)
-    weight[np.arange(3)[None, :] >= n_favourites[:, None]] = 0.0
-    weight /= weight.sum(axis=1, keepdims=True)
-    cdf = np.cumsum(weight, axis=1)
-    cdf[:, -1] = 1.0
+    topic_cdf = np.cumsum(topic_prevalence)
+    favourites = np.empty((n_users, 3), dtype=np.int16)
+    cdf = np.empty((n_users, 3), dtype=np.float32)
+    weight = np.empty((n_users, 3), dtype=np.float32)
+    for start in range(0, n_users, _CHUNK_DISPLAYS):
+        count = min(_CHUNK_DISPLAYS, n_users - start)
+
+        # Eight draws by prevalence; the first three distinct ones are the candidates.
+        draws = np.minimum(np.searchsorted(topic_cdf, rng.random((count, 8)), side="right"), n_topics - 1)
+        first = _first_occurrences(draws)
+        rank = np.cumsum(first, axis=1)
+        block = np.repeat(draws[:, :1], 3, axis=1)
+        available = np.ones(count, dtype=np.int64)
+        for slot in (1, 2):
+            has = (first & (rank == slot + 1)).any(axis=1)
+            column = np.argmax(first & (rank == slot + 1), axis=1)
+            block[has, slot] = draws[has, column[has]]
+            available += has
+
+        # Preference weights over 1 to 3 of them (a Dirichlet draw), and their cumulative sums.
+        n_favourites = np.minimum(rng.integers(1, 4, size=count), available)
+        block_weight = rng.dirichlet(np.full(3, 2.0), size=count)
+        block_weight[np.arange(3)[None, :] >= n_favourites[:, None]] = 0.0
+        block_weight /= block_weight.sum(axis=1, keepdims=True)
+        block_cdf = np.cumsum(block_weight, axis=1)
+        block_cdf[:, -1] = 1.0
+        favourites[start : start + count], cdf[start : start + count] = block, block_cdf
+        weight[start : start + count] = block_weight
     return favourites, cdf, weight
 
 
