@@ -3,8 +3,8 @@
 :func:`generate_outbrain` is what ``gym.make("OutbrainRec-v0")`` reads when no data is given; its
 files go through the same loader as the real ones (:func:`recsys_gym.data.outbrain.read_outbrain`).
 ``size`` is the fraction of the real data to write: the default (0.0005) gives about 8,400 training
-displays in a few seconds, ``size=0.1`` about 1.7 million in under two minutes on two cores, in
-memory bounded by the catalogue (users, ads, documents) and one chunk of displays.
+displays in under a second, ``size=0.1`` about 1.7 million in about a minute on two cores (420 MB
+at most), in memory bounded by the catalogue (users, ads, documents) and one chunk of displays.
 
 Files written (columns in Kaggle's names and order, comma separated, one header line, ``\\n`` line
 ends, no quotes):
@@ -42,7 +42,7 @@ measures them):
 * 87,141,731 rows in ``clicks_train.csv`` over 16,874,593 displays: one click per display, 2 to 12
   ads a display, mean 5.16 (``2 + Binomial(10, 0.316)``).
 * 23,120,126 events of 19,794,967 users: 88% of users seen once, the others ``n >= 2`` times with
-  probability ``∝ n ** -alpha`` (``alpha`` solved for a mean of 1.168 events a user, about 4.1; at
+  probability ``∝ n ** -alpha`` (``alpha`` solved for a mean of 1.168 events a user, about 4.17; at
   most 1,000), a heavy tail. 6,245,533 events (27%) are test displays: all of the last two of the 15
   days and a random share of the earlier ones, as in Kaggle's split.
 * Timestamps in ms over 15 days, with a daily cycle (busiest around 20:00 UTC, US afternoon).
@@ -76,7 +76,9 @@ Generative model (all draws from ``numpy.random.default_rng(seed)``, in a fixed 
 What differs from the real data: the real clicks depend on far more than topics and popularity;
 real users' events cluster in sessions and their pages follow each other; the real catalogue has
 more campaigns per landing page and more structure in entities, sources and publishers; ``\\N``
-platforms are commoner here so that small folders hold some; ``page_views.csv`` is not written.
+platforms are commoner here so that small folders hold some; below ``size`` 0.003 the catalogue
+minimums give fewer displays an ad than Kaggle's 30 (the default: about 5.6); category ids are drawn, not
+Kaggle's; ``page_views.csv`` is not written.
 
 With the defaults, on the held-out last 30% of time, picking among the shown ads the one whose
 landing-page topics best match the topics of the page being read hits the click about 0.44 of the
