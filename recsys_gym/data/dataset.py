@@ -840,7 +840,7 @@ def _resolve_source(
 ) -> Path:
     global _SYNTHETIC_NOTICE_GIVEN
     if dataset == "outbrain" and data_dir is None:
-        from recsys_gym.data.synthetic import generate_outbrain
+        from recsys_gym.data.synthetic import GENERATOR_VERSION, generate_outbrain
 
         params = dict(synthetic_kwargs or {})
         # Key the folder by every generator parameter, defaults included, so a changed default regenerates.
@@ -850,7 +850,8 @@ def _resolve_source(
             if parameter.default is not inspect.Parameter.empty
         }
         resolved.update(params)
-        material = {"parameters": resolved, "cache_version": CACHE_VERSION}
+        # The generator's version too: the same parameters give other files after a change of the generator.
+        material = {"parameters": resolved, "generator_version": GENERATOR_VERSION, "cache_version": CACHE_VERSION}
         tag = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
         target = cache_root / f"synthetic-outbrain-{tag}"
         if not (target / "GENERATED.json").is_file():
