@@ -47,8 +47,8 @@ EXACT = (
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The generator's files for 300 users (3,626 displays, 18,753 click rows)."""
-    return generate_outbrain(tmp_path_factory.mktemp("generated"), n_users=300)
+    """The generator's files at size 0.0002: 3,959 users, 2,990 of them in clicks_train.csv (17,269 click rows)."""
+    return generate_outbrain(tmp_path_factory.mktemp("generated"), size=0.0002)
 
 
 def assert_same_as_reference(new: CompactDataset, reference: CompactDataset) -> None:
@@ -67,13 +67,21 @@ def test_generated_data_equals_the_in_memory_reference(
 ) -> None:
     reference = build_dataset(read_outbrain(generated), tmp_path / "reference", BuildOptions())
     new = prepare_outbrain(generated, tmp_path / "new", chunk_rows=chunk_rows, bucket_bytes=bucket_bytes, progress=False)
-    assert (new.n_users, new.n_items, new.n_impressions) == (300, 1427, 3626)
+    assert (new.n_users, new.n_items, new.n_impressions) == (2990, 1418, 3361)
     assert_same_as_reference(new, reference)
     assert new.item_dim == reference.item_dim == 3 + 8 + 8 and new.context_dim == 8
     assert np.all(np.abs(new.item_features) <= 1.0) and np.all(np.abs(new.context_features) <= 1.0)
-    # The co-click embedding spans nearly the reference's subspace (a randomized method, not ARPACK).
-    ours, theirs = (np.linalg.qr(data.item_features[:, -8:])[0] for data in (new, reference))
-    assert np.linalg.svd(ours.T @ theirs)[1][:4].min() > 0.95
+    # The co-click embedding (a randomized method, not ARPACK) captures as much of the training click matrix as the
+    # reference's. Most users click once, so the spectrum is flat and the two subspaces themselves may differ.
+    train = new.imp_is_train
+    clicks = np.zeros((new.n_users, new.n_items))
+    clicks[new.imp_user[train], new.imp_clicked[train]] = 1.0
+
+    def captured(data: CompactDataset) -> float:
+        basis = np.linalg.qr(data.item_features[:, -8:].astype(np.float64))[0]
+        return float(np.linalg.norm(clicks @ basis) ** 2)
+
+    assert captured(new) >= 0.97 * captured(reference)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 1000])
@@ -215,7 +223,7 @@ def test_load_dataset_uses_the_pipeline_and_rebuilds_a_tampered_cache(
         first = again
     # Other options are another cache.
     other = load_dataset("outbrain", generated, cache_dir=cache)
-    assert other.path != first.path and other.n_users == 300
+    assert other.path != first.path and other.n_users == 2990
 
 
 @pytest.mark.parametrize("phase", ["after_events", "before_seal"])

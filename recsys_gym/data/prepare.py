@@ -36,7 +36,7 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
 6. **Write.** The output arrays have known sizes, so they are created with
    :func:`numpy.lib.format.open_memmap` and filled bucket by bucket (users in sorted order); per-ad
    training click and impression counts are summed on the way.
-7. **Collaborative embedding.** A randomized subspace iteration (seed 0, 10 extra dimensions, 3
+7. **Collaborative embedding.** A randomized subspace iteration (seed 0, 10 extra dimensions, 8
    power iterations) on the binary training user-ad matrix ``M``, streamed over the written arrays one
    chunk of users at a time: ``Y = Σ_u m_uᵀ (m_u Ω)``, then ``B = Qᵀ (Σ_u m_uᵀ m_u) Q``, whose
    eigenvectors give the item vectors. No user × item matrix is ever held; the result equals the
@@ -899,7 +899,7 @@ class _Preparer:
         self.item_index_of_ad = item_of_ad
 
     # -- phase 7 -------------------------------------------------------------------------------
-    def cf_embedding(self, oversample: int = 10, power_iterations: int = 3, seed: int = 0) -> np.ndarray:
+    def cf_embedding(self, oversample: int = 10, power_iterations: int = 8, seed: int = 0) -> np.ndarray:
         """Phase 7: item vectors of a randomized truncated SVD of the binary training user-item matrix, streamed."""
         n_items, n_users = len(self.item_ids), self.n_users
         dim = min(self.options.cf_dim, min(n_users, n_items) - 1)
