@@ -10,11 +10,12 @@ a fresh process:
   and sorting in memory (see that file).
 
 For each it records the wall time, the peak resident memory of the process (``ru_maxrss`` from
-``os.wait4``) and the input rows per second. It then extrapolates the streaming time to the full real
-data (the real row counts of the files the generator wrote, ``page_views.csv`` excluded) at the rate
-measured on the larger size, and checks that the cache is shared, not copied: ``--processes``
-processes map the larger cache and read every array, and each one's private memory (from
-``/proc/<pid>/smaps_rollup``) is compared with the cache's size.
+``os.wait4``; the process is started from a small launcher) and the input rows per second. It then
+extrapolates the streaming time to the full real data (the real row counts of the files the
+generator wrote, ``page_views.csv`` excluded) at the rate measured on the larger size, and checks
+that the cache is shared, not copied: ``--processes`` processes map the larger cache and read every
+array, and each one's private memory (from ``/proc/<pid>/smaps_rollup``) is compared with the
+cache's size.
 
 Results go to ``--out``: ``prepare.md`` (the table, ratios and targets), ``prepare.csv``, ``run.json``.
 
@@ -107,16 +108,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+#: Starts the measured command from a small process: Linux keeps a process' peak memory across ``exec``, so a
+#: command forked straight from this (large) benchmark process would report at least this process' size.
+_LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as handle:
+    json.dump({"exit_code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}, handle)
+"""
+
+
 def run_measured(command: list[str], log_path: Path) -> tuple[float, float, int]:
     """Run a command in a fresh process; return its wall seconds, peak resident memory in MB and exit code."""
+    report = log_path.with_suffix(".rusage.json")
     started = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), *command], stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
+    measured = json.loads(report.read_text(encoding="utf-8"))
     # ru_maxrss is in kilobytes on Linux
-    return seconds, usage.ru_maxrss / 1024, process.returncode
+    return seconds, measured["maxrss_kb"] / 1024, int(measured["exit_code"])
 
 
 def input_rows(raw: Path) -> dict[str, int]:

@@ -22,8 +22,10 @@ OUTBRAIN_SAMPLE = Path(
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep every cache of the test run in a temporary folder (worker processes inherit it)."""
+    """Keep every cache and SB3 log folder of the test run in a temporary folder (worker processes inherit it)."""
     os.environ["RECSYS_GYM_CACHE"] = str(tmp_path_factory.mktemp("recsys_gym_cache"))
+    # SB3 makes a log folder in the system's temporary folder at every learn() unless told where: keep them here too
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
 
 
 def tiny_raw_log(test_clicks: tuple[str, str] = ("A", "D")) -> RawLog:

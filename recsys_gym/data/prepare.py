@@ -36,11 +36,11 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
 6. **Write.** The output arrays have known sizes, so they are created with
    :func:`numpy.lib.format.open_memmap` and filled bucket by bucket (users in sorted order); per-ad
    training click and impression counts are summed on the way.
-7. **Collaborative embedding.** A randomized subspace iteration (seed 0, 10 extra dimensions, 8
-   power iterations) on the binary training user-ad matrix ``M``, streamed over the written arrays one
-   chunk of users at a time: ``Y = Σ_u m_uᵀ (m_u Ω)``, then ``B = Qᵀ (Σ_u m_uᵀ m_u) Q``, whose
-   eigenvectors give the item vectors. No user × item matrix is ever held; the result equals the
-   reference's ARPACK SVD up to the randomized method's accuracy (not bit for bit).
+7. **Collaborative embedding.** The item Gram matrix ``MᵀM`` of the binary training user-ad matrix
+   ``M`` (entry (i, j): users who clicked both i and j) is summed over the written arrays one chunk of
+   users at a time, so no user × item matrix is ever held: it is items × items, catalogue-sized. Its
+   top eigenvectors (ARPACK, fixed start vector) are ``M``'s right singular vectors, the reference's
+   item vectors up to ARPACK's accuracy and the sign convention.
 8. **Content features.** The optional files are read chunk by chunk, keeping only the rows of the
    documents that matter (ads' landing pages via ``promoted_content.csv``, and the context pages);
    a missing file warns once and degrades. The token reduction (IDF-weighted truncated SVD) is
@@ -574,18 +574,28 @@ class _Preparer:
         ad = clicks.column("ad_id").to_numpy()
         clicked = clicks.column("clicked").to_numpy().astype(np.int8)
 
-        # Duplicate (display, ad) rows: keep the first clicked copy, else the first copy, in file order.
-        position = np.arange(len(display))
-        order = np.lexsort((position, -clicked, ad, display))
-        first_of_pair = np.ones(len(order), dtype=bool)
-        first_of_pair[1:] = (display[order][1:] != display[order][:-1]) | (ad[order][1:] != ad[order][:-1])
-        kept = np.sort(order[first_of_pair])
-        self.add("duplicate click rows dropped", len(display) - len(kept))
-        display, ad, clicked = display[kept], ad[kept], clicked[kept]
+        # Rows grouped by display, file order kept within a display (a stable sort: linear on Kaggle's sorted file).
+        grouped = np.argsort(display, kind="stable")
+        if not np.array_equal(grouped, np.arange(len(display))):
+            display, ad, clicked = display[grouped], ad[grouped], clicked[grouped]
+
+        # Duplicate (display, ad) rows: keep the first clicked copy, else the first copy. One sort of a combined key
+        # finds whether there are any; the full ordering below runs only when there are.
+        if _has_duplicate_pairs(display, ad):
+            position = np.arange(len(display))
+            order = np.lexsort((position, -clicked, ad, display))
+            first_of_pair = np.ones(len(order), dtype=bool)
+            first_of_pair[1:] = (display[order][1:] != display[order][:-1]) | (ad[order][1:] != ad[order][:-1])
+            kept = np.sort(order[first_of_pair])
+            self.add("duplicate click rows dropped", len(display) - len(kept))
+            display, ad, clicked = display[kept], ad[kept], clicked[kept]
+        else:
+            self.add("duplicate click rows dropped", 0)
 
         # Exactly one clicked ad per display: an error, or the display is dropped in skip mode.
-        click_displays, inverse = np.unique(display, return_inverse=True)
-        n_clicked = np.bincount(inverse, weights=clicked, minlength=len(click_displays)).astype(np.int64)
+        starts = _group_starts(display)
+        click_displays = display[starts]
+        n_clicked = np.add.reduceat(clicked.astype(np.int64), starts) if len(starts) else np.zeros(0, dtype=np.int64)
         wrong = n_clicked != 1
         if wrong.any():
             if not self.skip:
@@ -598,9 +608,9 @@ class _Preparer:
                 )
             self.add("displays dropped: no clicked ad (skip mode)", int((n_clicked == 0).sum()))
             self.add("displays dropped: two or more clicked ads (skip mode)", int((n_clicked > 1).sum()))
-            good = ~wrong[inverse]
+            good = ~np.repeat(wrong, np.diff(np.append(starts, len(display))))
             display, ad, clicked = display[good], ad[good], clicked[good]
-            click_displays, inverse = np.unique(display, return_inverse=True)
+            click_displays = click_displays[~wrong]
 
         # Events: identical duplicate rows are dropped; two different events of one display are an error.
         event_display = events.column("display_id").to_numpy()
@@ -632,12 +642,12 @@ class _Preparer:
             if len(conflicting):
                 good = ~np.isin(display, conflicting)
                 display, ad, clicked = display[good], ad[good], clicked[good]
-                click_displays, inverse = np.unique(display, return_inverse=True)
+                click_displays = click_displays[~np.isin(click_displays, conflicting)]
 
-        # Join: events without clicks are test displays; clicks without an event are dropped.
-        event_has_clicks = np.isin(event_display, click_displays)
+        # Join: events without clicks are test displays; clicks without an event are dropped (both sides sorted).
+        event_has_clicks = _in_sorted(event_display, click_displays)
         self.add("events skipped: display has no clicks (test displays)", int((~event_has_clicks).sum()))
-        click_has_event = np.isin(display, event_display)
+        click_has_event = _in_sorted(display, event_display)
         if not click_has_event.all():
             self.add("click rows dropped: display has no event", int((~click_has_event).sum()))
             self.add("displays dropped: no event", len(np.unique(display[~click_has_event])))
@@ -728,14 +738,17 @@ class _Preparer:
                     shown = table.column("shown").combine_chunks()
                     flat = shown.flatten().to_numpy()
                     timestamp = table.column("timestamp").to_numpy()
+                    small_ids = len(clicked) == 0 or (clicked.min() >= 0 and clicked.max() < (1 << 40))
+                    item_codes = clicked.astype(np.int64) if small_ids else _dense(clicked)
                     sizes = {
                         "rows": table.num_rows,
                         "users": len(lengths),
                         "shown": len(flat),
-                        "user_items": len(np.unique(user_of_row.astype(np.int64) * (1 << 40) + _dense(clicked))),
+                        "user_items": len(_sorted_unique(user_of_row.astype(np.int64) * (1 << 40) + item_codes)),
                     }
-                    self.ads = np.union1d(self.ads, np.unique(flat))
-                    self.documents = np.union1d(self.documents, np.unique(table.column("document_id").to_numpy()))
+                    self.ads = _sorted_unique(np.concatenate([self.ads, _sorted_unique(flat)]))
+                    documents = _sorted_unique(table.column("document_id").to_numpy())
+                    self.documents = _sorted_unique(np.concatenate([self.documents, documents]))
                     np.add.at(self.histogram, (timestamp - self.time_min) // self.bin_width, 1)
                     widths = pc.binary_length(table.column("uuid").cast(pa.binary()))
                     self.id_width = max(self.id_width, int(pc.max(widths).as_py() or 1))
@@ -834,6 +847,7 @@ class _Preparer:
         }
         self.item_train_clicks = np.zeros(n_items, dtype=np.int64)
         self.item_train_shown = np.zeros(n_items, dtype=np.int64)
+        ad_position, document_position = _Lookup(ads), _Lookup(self.documents)
         row0 = user0 = shown0 = items0 = 0
         with self.bar("write arrays", len(self.user_buckets), "bucket") as update:
             for path, sizes in zip(self.user_buckets, self.sizes, strict=True):
@@ -849,14 +863,14 @@ class _Preparer:
                 lengths = np.diff(np.append(starts, rows))
                 user_of_row = np.repeat(np.arange(users, dtype=np.int64), lengths)
                 timestamp = table.column("timestamp").to_numpy()
-                clicked = item_of_ad[np.searchsorted(ads, table.column("clicked").to_numpy())]
+                clicked = item_of_ad[ad_position(table.column("clicked").to_numpy())]
                 is_train = timestamp < cut_time
 
                 # Impression arrays.
                 block = slice(row0, row0 + rows)
                 out["imp_user"][block] = user0 + user_of_row
                 out["imp_time"][block] = timestamp
-                out["imp_context"][block] = np.searchsorted(self.documents, table.column("document_id").to_numpy())
+                out["imp_context"][block] = document_position(table.column("document_id").to_numpy())
                 out["imp_platform"][block] = table.column("platform").to_numpy()
                 out["imp_clicked"][block] = clicked
                 out["imp_is_train"][block] = is_train
@@ -869,15 +883,15 @@ class _Preparer:
                 # Shown items: the clicked one first, then the others in file order.
                 shown = table.column("shown").combine_chunks()
                 list_lengths = pc.list_value_length(shown).to_numpy().astype(np.int64)
-                flat = item_of_ad[np.searchsorted(ads, shown.flatten().to_numpy())]
+                flat = item_of_ad[ad_position(shown.flatten().to_numpy())]
                 row_of_flat = np.repeat(np.arange(rows), list_lengths)
                 is_other = flat != clicked[row_of_flat]
-                order = np.lexsort((np.arange(len(flat)), is_other, row_of_flat))
+                order = np.argsort(row_of_flat * 2 + is_other, kind="stable")
                 out["shown_items"][shown0 : shown0 + len(flat)] = flat[order]
                 out["shown_ptr"][row0 + 1 : row0 + rows + 1] = shown0 + np.cumsum(list_lengths)
 
                 # Every item each user clicked, sorted and unique.
-                pairs = np.unique(user_of_row * (1 << 32) + clicked.astype(np.int64))
+                pairs = _sorted_unique(user_of_row * (1 << 32) + clicked.astype(np.int64))
                 pair_users, pair_items = pairs >> 32, (pairs & 0xFFFFFFFF).astype(np.int32)
                 out["user_items"][items0 : items0 + len(pairs)] = pair_items
                 out["user_items_ptr"][user0 + 1 : user0 + users + 1] = items0 + np.cumsum(
@@ -899,24 +913,22 @@ class _Preparer:
         self.item_index_of_ad = item_of_ad
 
     # -- phase 7 -------------------------------------------------------------------------------
-    def cf_embedding(self, oversample: int = 10, power_iterations: int = 8, seed: int = 0) -> np.ndarray:
-        """Phase 7: item vectors of a randomized truncated SVD of the binary training user-item matrix, streamed."""
+    def cf_embedding(self) -> np.ndarray:
+        """Phase 7: item vectors of the truncated SVD of the binary training user-item matrix, from its item Gram matrix."""
+        from scipy.sparse.linalg import eigsh
+
         n_items, n_users = len(self.item_ids), self.n_users
         dim = min(self.options.cf_dim, min(n_users, n_items) - 1)
         if dim <= 0 or self.n_train == 0:
             return np.zeros((n_items, 0))
-        width = min(dim + oversample, n_items)
-        rng = np.random.default_rng(seed)
-        basis = np.linalg.qr(self._gram_times(rng.standard_normal((n_items, width))))[0]
-        with self.bar("co-click embedding", power_iterations, "pass") as update:
-            for _ in range(power_iterations):
-                basis = np.linalg.qr(self._gram_times(basis))[0]
-                update(1)
-        small = basis.T @ self._gram_times(basis)
-        eigenvalues, eigenvectors = np.linalg.eigh((small + small.T) / 2.0)
-        order = np.argsort(-eigenvalues)[:dim]
+        with self.bar("co-click embedding", None, "pass"):
+            gram = self._gram()
+            # The right singular vectors of M are the top eigenvectors of MᵀM; a fixed start vector keeps ARPACK deterministic.
+            start = np.full(n_items, 1.0 / np.sqrt(n_items))
+            eigenvalues, eigenvectors = eigsh(gram, k=dim, v0=start)
+        order = np.argsort(-eigenvalues)
         singular = np.sqrt(np.clip(eigenvalues[order], 0.0, None))
-        right = (basis @ eigenvectors[:, order]).T
+        right = eigenvectors[:, order].T
         # Fix each component's sign as the reference does: its first clearly non-zero entry is positive.
         magnitude = np.abs(right)
         first = (magnitude > 1e-6 * magnitude.max(axis=1, keepdims=True)).argmax(axis=1)
@@ -925,12 +937,16 @@ class _Preparer:
         right = right * signs[:, None]
         return _normalise_rows(right.T * np.sqrt(singular))
 
-    def _gram_times(self, matrix: np.ndarray) -> np.ndarray:
-        """``Mᵀ M X`` for the binary training user-item matrix ``M``, one chunk of users at a time."""
+    def _gram(self) -> Any:
+        """``MᵀM`` (sparse, items × items) for the binary training user-item matrix ``M``, one chunk of users at a time.
+
+        Its entry (i, j) counts the users who clicked both i and j in training: catalogue-sized, whatever the number
+        of rows.
+        """
         from scipy import sparse
 
-        result = np.zeros_like(matrix)
-        n_items = matrix.shape[0]
+        n_items = len(self.item_ids)
+        gram = sparse.csr_matrix((n_items, n_items))
         step = max(self.chunk_rows, 1024)
         carried: tuple[np.ndarray, ...] = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
         for start in range(0, self.n_impressions, step):
@@ -948,8 +964,8 @@ class _Preparer:
                     (np.ones(len(users)), (users - first, items)), shape=(int(users[-1]) - first + 1, n_items)
                 )
                 chunk.data = np.minimum(chunk.data, 1.0)
-                result += chunk.T @ (chunk @ matrix)
-        return result
+                gram = gram + (chunk.T @ chunk).tocsr()
+        return gram
 
     # -- phase 8 -------------------------------------------------------------------------------
     def content_features(self) -> tuple[np.ndarray, np.ndarray]:
@@ -1067,6 +1083,63 @@ def _run_starts(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     differs = pc.not_equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
     return np.concatenate([[0], np.flatnonzero(differs) + 1]).astype(np.int64)
+
+
+def _group_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Start positions of the runs of equal values in a sorted NumPy array."""
+    if len(sorted_values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([[0], np.flatnonzero(sorted_values[1:] != sorted_values[:-1]) + 1]).astype(np.int64)
+
+
+def _in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each value is in ``sorted_set`` (sorted, distinct): one binary search each."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), dtype=bool)
+    position = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[position] == values
+
+
+def _has_duplicate_pairs(display: np.ndarray, ad: np.ndarray) -> bool:
+    """Whether some (display, ad) pair occurs twice; ``display`` is grouped (equal values adjacent)."""
+    if len(display) < 2:
+        return False
+    if display.min() >= 0 and display.max() < (1 << 31) and ad.min() >= 0 and ad.max() < (1 << 32):
+        keys = np.sort(display.astype(np.int64) * (1 << 32) + ad.astype(np.int64))
+        return bool((keys[1:] == keys[:-1]).any())
+    pairs = np.stack([display, ad], axis=1)
+    return len(np.unique(pairs, axis=0)) < len(pairs)
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """The distinct values in ascending order, by one sort (faster than ``np.unique`` on millions of integers)."""
+    ordered = np.sort(values, kind="stable")
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+class _Lookup:
+    """Positions of raw integer ids in a sorted vocabulary: a table indexed by id when the ids are small, else a search.
+
+    :param vocabulary: the sorted, distinct ids; every id looked up must be one of them.
+    """
+
+    def __init__(self, vocabulary: np.ndarray) -> None:
+        self.vocabulary = vocabulary
+        self.table: np.ndarray | None = None
+        # A table costs 4 bytes per id up to the largest: worth it while that stays near the vocabulary's size.
+        if len(vocabulary) and vocabulary[0] >= 0 and vocabulary[-1] < max(8 * len(vocabulary), 1 << 22):
+            self.table = np.full(int(vocabulary[-1]) + 1, -1, dtype=np.int32)
+            self.table[vocabulary] = np.arange(len(vocabulary), dtype=np.int32)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        if self.table is not None:
+            return self.table[ids]
+        return np.searchsorted(self.vocabulary, ids).astype(np.int32)
 
 
 def _dense(values: np.ndarray) -> np.ndarray:
