@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 from recsys_gym.cli import main
 from recsys_gym.data.dataset import CompactDataset
-from recsys_gym.data.prepare import PrepareOptions, prepare_outbrain
+from recsys_gym.data.prepare import PrepareOptions, _page_view_vectors, prepare_outbrain
 from recsys_gym.data.synthetic import generate_outbrain
 from recsys_gym.envs.outbrain_rec import OutbrainRecEnv
 from recsys_gym.error import DataError
@@ -296,3 +296,19 @@ def test_the_command_line_switch(tmp_path: Path, capsys: pytest.CaptureFixture[s
     off = ["prepare", "outbrain", "--raw", str(raw), "--out", str(tmp_path / "off"), "--quiet", "--no-page-views"]
     assert main(off) == 0
     assert "pageview_dim=0" in capsys.readouterr().out
+
+
+def test_far_apart_timestamps_use_ranks_and_give_the_same_vectors() -> None:
+    """Timestamps too far apart for a (user, time) product in int64 are ranked first; the vectors do not change."""
+    imp_user, view_user = np.array([0, 0, 1]), np.array([0, 0, 0, 1, 1])
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    has_content = np.array([True, True, True, False, True])
+    near = _page_view_vectors(
+        imp_user, np.array([20, 40, 30]), view_user, np.array([10, 20, 30, 5, 30]), vectors, has_content, 2
+    )
+    far = _page_view_vectors(
+        imp_user, np.array([20, 1 << 61, 30]), view_user, np.array([10, 20, 30, -(1 << 61), 30]), vectors, has_content, 2
+    )
+    expected = [[np.log(2) / LOG_SCALE, 1.0, 0.0], [np.log(4) / LOG_SCALE, 0.3, 0.9], [np.log(2) / LOG_SCALE, 0.0, 0.0]]
+    np.testing.assert_allclose(near, expected, rtol=1e-6)
+    assert np.array_equal(near, far)

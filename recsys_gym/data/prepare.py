@@ -1237,11 +1237,18 @@ def _page_view_vectors(
     if n == 0 or len(view_user) == 0:
         return out
 
-    # One sort key for (user, time): the time's rank among all times here, so no product can overflow.
-    times = np.unique(np.concatenate([imp_time, view_time]))
-    stride = len(times) + 1
-    view_key = view_user * stride + np.searchsorted(times, view_time)
-    imp_key = imp_user * stride + np.searchsorted(times, imp_time)
+    # One sort key for (user, time): the time since the earliest one here, or (when a product could overflow
+    # int64) the time's rank among all times here.
+    earliest = min(int(imp_time.min()), int(view_time.min()))
+    stride = max(int(imp_time.max()), int(view_time.max())) - earliest + 1
+    if stride * (int(max(imp_user.max(), view_user.max())) + 1) < 1 << 62:
+        view_key = view_user * stride + (view_time - earliest)
+        imp_key = imp_user * stride + (imp_time - earliest)
+    else:
+        times = np.unique(np.concatenate([imp_time, view_time]))
+        stride = len(times) + 1
+        view_key = view_user * stride + np.searchsorted(times, view_time)
+        imp_key = imp_user * stride + np.searchsorted(times, imp_time)
 
     # The views strictly before each impression are view_key[first:end]: its user's views, older than it.
     end = np.searchsorted(view_key, imp_key, side="left")
