@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     outbrain = sources.add_parser(
         "outbrain",
         help="the Kaggle Outbrain Click Prediction files",
-        description="Prepare the Kaggle Outbrain files (clicks_train.csv, events.csv, and optionally promoted_content.csv "
-        "and documents_*.csv) in bounded memory.",
+        description="Prepare the Kaggle Outbrain files (clicks_train.csv, events.csv, and optionally promoted_content.csv, "
+        "documents_*.csv and page_views.csv) in bounded memory.",
     )
     outbrain.add_argument("--raw", required=True, help="folder of the uncompressed Kaggle CSV files")
     outbrain.add_argument(
@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--split-time", type=int, default=None, help="impressions at or after this timestamp (ms) are test")
     outbrain.add_argument("--content-dim", type=int, default=8, help="content embedding size, 0 for none (default 8)")
     outbrain.add_argument("--cf-dim", type=int, default=8, help="co-click embedding size, 0 for none (default 8)")
+    outbrain.add_argument("--no-page-views", action="store_true", help="ignore page_views.csv even when the folder has it")
+    outbrain.add_argument(
+        "--page-view-history",
+        type=int,
+        default=20,
+        help="latest pages read before an impression whose content is averaged (default 20)",
+    )
     outbrain.add_argument(
         "--skip-bad-lines", action="store_true", help="skip and count malformed lines and bad displays instead of failing"
     )
@@ -63,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_impressions=args.min_impressions,
             content_dim=args.content_dim,
             cf_dim=args.cf_dim,
+            page_views=not args.no_page_views,
+            page_view_history=args.page_view_history,
         )
         dataset = prepare_outbrain(
             args.raw,

@@ -55,7 +55,7 @@ from recsys_gym.error import CacheError, DataError, MissingDataError
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the cache layout or a feature definition changes; old caches are then rebuilt.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 #: Names accepted by ``load_dataset(dataset=...)``.
 DATASETS = ("outbrain", "movielens-100k", "interactions")
@@ -72,6 +72,7 @@ _ARRAY_NAMES = (
     "imp_clicked",
     "imp_is_train",
     "imp_raw_id",
+    "imp_pageviews",
     "shown_ptr",
     "shown_items",
     "user_items_ptr",
@@ -172,6 +173,9 @@ class CompactDataset:
     ``imp_clicked``               (n_impressions,) int32      item index of the clicked item
     ``imp_is_train``              (n_impressions,) bool       True for the training split
     ``imp_raw_id``                (n_impressions,) int64      the source's impression id
+    ``imp_pageviews``             (n_impressions, pv) f32     the pages the user read strictly before the
+                                                              impression, in [-1, 1] (``pv = 0`` without page
+                                                              views; see :mod:`recsys_gym.data.prepare`)
     ``shown_ptr``, ``shown_items``  CSR of int32              items shown in each impression, click included
     ``user_items_ptr``, ``user_items``  CSR of int32, sorted  items each user interacted with anywhere
     ``item_train_clicks``         (n_items,) int64            clicks per item in the training split
@@ -203,6 +207,7 @@ class CompactDataset:
         self.imp_clicked: np.ndarray = arrays["imp_clicked"]
         self.imp_is_train: np.ndarray = arrays["imp_is_train"]
         self.imp_raw_id: np.ndarray = arrays["imp_raw_id"]
+        self.imp_pageviews: np.ndarray = arrays["imp_pageviews"]
         self.shown_ptr: np.ndarray = arrays["shown_ptr"]
         self.shown_items: np.ndarray = arrays["shown_items"]
         self.user_items_ptr: np.ndarray = arrays["user_items_ptr"]
@@ -243,6 +248,11 @@ class CompactDataset:
     def context_dim(self) -> int:
         """Length of one context's content vector."""
         return int(self.context_features.shape[1])
+
+    @property
+    def pageview_dim(self) -> int:
+        """Length of one impression's page-view vector (0 when the source had no page views)."""
+        return int(self.imp_pageviews.shape[1])
 
     @property
     def has_shown(self) -> bool:
@@ -288,6 +298,7 @@ class CompactDataset:
             "test_impressions": self.n_impressions - n_train,
             "item_dim": self.item_dim,
             "context_dim": self.context_dim,
+            "pageview_dim": self.pageview_dim,
             "has_shown": self.has_shown,
         }
 
@@ -394,6 +405,7 @@ def build_dataset(raw: RawLog, out_dir: str | os.PathLike[str], options: BuildOp
         "imp_clicked": imp_clicked,
         "imp_is_train": imp_is_train,
         "imp_raw_id": imp_raw_id,
+        "imp_pageviews": np.zeros((len(imp_raw_id), 0), dtype=np.float32),
         "shown_ptr": shown_ptr,
         "shown_items": shown_items,
         "user_items_ptr": user_items_ptr,
@@ -765,7 +777,7 @@ def load_dataset(
         built-in data.
     :param prepare_options: for ``"outbrain"``, further fields of
         :class:`~recsys_gym.data.prepare.PrepareOptions` (``min_impressions``, ``start_time``, ``end_time``,
-        ``split_time``, ``use_page_views``); they are part of the cache key.
+        ``split_time``, ``page_views``, ``page_view_history``); they are part of the cache key.
     :return: the dataset, shared with every other caller in this process asking for the same one.
     :raises ValueError: for an unknown ``dataset``.
     :raises MissingDataError: when ``data_dir`` or a required file does not exist.

@@ -45,7 +45,40 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
    documents that matter (ads' landing pages via ``promoted_content.csv``, and the context pages);
    a missing file warns once and degrades. The token reduction (IDF-weighted truncated SVD) is
    learned on the ads shown in the training split only, then every ad and context page is projected
-   on it. These tables are catalogue-sized.
+   on it. These tables are catalogue-sized (with page views, the documents read count in the catalogue).
+
+9. **Page views** (when ``page_views.csv`` is present and ``PrepareOptions.page_views`` is on). Phase 4
+   also sets, for every kept user, one bit of a fixed-size bitset (at most 128 MB) addressed by a hash of
+   the uuid prefix. After phase 4, ``page_views.csv`` (``uuid, document_id, timestamp``; the other columns
+   are not read, so ``\\N`` or empty platforms do not matter) is streamed once: rows outside the time
+   window are dropped, rows whose bit is not set (their user has no impression) are dropped, and the rest
+   are appended to the page-view file of their user bucket (the same uuid ranges). While phase 6 writes a
+   user bucket it joins that bucket's page views with its users exactly: rows of other users (hash
+   collisions) are dropped and counted with the others, rows at or after the user's last impression can
+   never be used and are dropped, identical (uuid, document_id, timestamp) rows are dropped, and the
+   rest are kept sorted by (user, timestamp, document_id). Phase 8 reads the content rows of the
+   documents read as well and projects them on the reduction learned from the ads (tokens it does not
+   know are ignored, so ads and context pages get the same vectors as without page views). Last, every
+   impression gets its vector, bucket by bucket (see below), written as ``imp_pageviews``.
+
+**The page-view vector** of an impression of user ``u`` at time ``t`` (``PAGE_VIEW_FEATURES``) uses only
+the pages ``u`` read *strictly* before ``t`` (``timestamp < t``, both in Kaggle's milliseconds). A page view
+with the impression's own timestamp is excluded: the file cannot say whether it came before or after the
+display, and it may be the visit to the ad clicked in that very display. With ``n`` such views and
+``H = PrepareOptions.page_view_history``:
+
+- ``pageviews_log_count = min(1, log(1 + n) / log(1 + 1000))``;
+- ``pageviews_content_i``: the mean content vector (the ``content_dim`` reduction of phase 8, rows of unit
+  length) of the last ``H`` of those views (by timestamp, then document id), taken over the views whose
+  document has a non-zero content vector; a page without content (no row in ``documents_*.csv``, or no
+  token the reduction knows) counts in ``n`` and in the window of ``H`` but adds nothing to the mean; 0
+  when no page of the window has content.
+
+So ``imp_pageviews`` has ``1 + content width`` columns in ``[-1, 1]``, and 0 columns when ``page_views.csv``
+is absent or ``page_views=False``: the cache and the observation are then the same as without this
+feature. Each vector is summed view by view from the newest to the oldest of its window, so a page view at
+or after ``t`` cannot change a single bit of it. Page views outside ``[start_time, end_time)`` are dropped
+like impressions.
 
 Everything is written into a ``.partial`` directory beside the output, bucket files included; the
 manifest (array sizes and BLAKE2b digests) is written last and the directory renamed into place,
@@ -100,6 +133,15 @@ DEFAULT_BUCKET_BYTES = 64 << 20
 #: Most temporary buckets per partition (open files).
 MAX_BUCKETS = 256
 
+#: Number of page views at which ``pageviews_log_count`` saturates at 1.
+PAGE_VIEW_COUNT_SCALE = 1000
+
+#: Columns read from ``page_views.csv`` (its ``platform``, ``geo_location`` and ``traffic_source`` are not used).
+PAGE_VIEW_COLUMNS = {"uuid": "str", "document_id": "int", "timestamp": "int"}
+
+#: Largest bitset (bits) of users with impressions that filters ``page_views.csv`` (2**30 bits: 128 MB).
+_MAX_FILTER_BITS = 1 << 30
+
 #: Environment variable naming a phase at which a preparation pauses (for tests of killed runs).
 PAUSE_ENV = "RECSYS_GYM_PREPARE_PAUSE_AT"
 
@@ -122,6 +164,13 @@ REASONS = (
     "users dropped: below min_impressions",
     "impressions kept",
     "users kept",
+    "page_views.csv: rows read",
+    "page_views.csv: malformed lines skipped",
+    "page views dropped: outside the time window",
+    "page views dropped: user has no impression",
+    "page views dropped: at or after the user's last impression",
+    "duplicate page view rows dropped",
+    "page views kept",
     "items",
     "contexts",
 )
@@ -136,6 +185,7 @@ _EVENT_SCHEMA = pa.schema(
         ("platform", pa.int8()),
     ]
 )
+_PAGE_VIEW_SCHEMA = pa.schema([("uuid", pa.string()), ("document_id", pa.int64()), ("timestamp", pa.int64())])
 _IMPRESSION_SCHEMA = pa.schema(
     [
         ("display_id", pa.int64()),
@@ -161,6 +211,9 @@ class PrepareOptions:
     :param min_impressions: users with fewer impressions (after the time window) are dropped.
     :param content_dim: size of the content embedding of ads and context pages; 0 turns it off.
     :param cf_dim: size of the collaborative embedding of ads; 0 turns it off.
+    :param page_views: use ``page_views.csv`` when the folder has it (the ``imp_pageviews`` vectors);
+        ``False`` ignores the file (zero-width vectors).
+    :param page_view_history: how many of the latest pages read before an impression its content mean covers.
     """
 
     test_fraction: float = 0.2
@@ -170,6 +223,8 @@ class PrepareOptions:
     min_impressions: int = 1
     content_dim: int = 8
     cf_dim: int = 8
+    page_views: bool = True
+    page_view_history: int = 20
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
@@ -182,6 +237,11 @@ class PrepareOptions:
             raise ValueError(f"min_impressions must be an integer >= 1, got {self.min_impressions!r}")
         if self.min_impressions < 1:
             raise ValueError(f"min_impressions must be an integer >= 1, got {self.min_impressions!r}")
+        if not isinstance(self.page_views, (bool, np.bool_)):
+            raise ValueError(f"page_views must be True or False, got {self.page_views!r}")
+        history = self.page_view_history
+        if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
+            raise ValueError(f"page_view_history must be an integer >= 1, got {history!r}")
         for name in ("split_time", "start_time", "end_time"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
@@ -204,7 +264,8 @@ def prepare_outbrain(
     """Prepare the Kaggle Outbrain files of ``raw_dir`` as a cache directory, streaming, and map it.
 
     :param raw_dir: the folder holding ``clicks_train.csv`` and ``events.csv`` (uncompressed), and
-        optionally ``promoted_content.csv`` and ``documents_{topics,categories,entities,meta}.csv``.
+        optionally ``promoted_content.csv``, ``documents_{topics,categories,entities,meta}.csv`` and
+        ``page_views.csv``.
     :param out_dir: the cache directory to write. ``None`` uses the directory that
         :func:`~recsys_gym.data.dataset.load_dataset` would use under ``cache_dir`` (keyed by the files
         and ``options``). An existing trusted cache of the same files and options is returned as is; an
@@ -388,7 +449,25 @@ class _Preparer:
         self.events_path = folder / "events.csv"
         total = self.clicks_path.stat().st_size + self.events_path.stat().st_size
         self.n_display_buckets = int(np.clip(-(-total // bucket_bytes), 1, MAX_BUCKETS))
-        self.n_user_buckets = int(np.clip(-(-self.events_path.stat().st_size // bucket_bytes), 1, MAX_BUCKETS))
+
+        # Page views: used when present and asked for; their text counts in the size of the user buckets.
+        self.page_views_path = folder / "page_views.csv"
+        self.use_page_views = bool(options.page_views) and self.page_views_path.is_file()
+        if not self.page_views_path.is_file():
+            self.notes.append("page_views.csv is missing: impressions get no page-view vector (imp_pageviews has 0 columns)")
+            logger.info("no page_views.csv in %s: impressions get no page-view vector", folder)
+        elif not options.page_views:
+            self.notes.append("page_views.csv is ignored (page_views=False): imp_pageviews has 0 columns")
+        user_text = self.events_path.stat().st_size
+        if self.use_page_views:
+            user_text += self.page_views_path.stat().st_size
+        self.n_user_buckets = int(np.clip(-(-user_text // bucket_bytes), 1, MAX_BUCKETS))
+        rough_events = max(1, self.events_path.stat().st_size // 48)
+        self.filter_bits = int(np.clip(1 << int(np.ceil(np.log2(8 * rough_events))), 1 << 16, _MAX_FILTER_BITS))
+        self.user_filter = np.zeros(self.filter_bits // 8 if self.use_page_views else 0, dtype=np.uint8)
+        self.page_view_buckets: list[Path] = []
+        self.page_view_parts: list[tuple[int, int, int, Path | None]] = []
+        self.page_documents = np.zeros(0, dtype=np.int64)
 
     def add(self, reason: str, count: int) -> None:
         """Add ``count`` to a counter."""
@@ -415,11 +494,14 @@ class _Preparer:
         self.join_displays()
         self.sort_users()
         _pause_if_asked("after_sort", self.tmp_dir)
+        if self.use_page_views:
+            self.partition_page_views()
         cut_time = self.split_point()
         self.write_arrays(cut_time)
         _pause_if_asked("after_write", self.tmp_dir)
         cf = self.cf_embedding()
-        content_items, content_contexts = self.content_features()
+        content_items, content_contexts, content_pages = self.content_features()
+        page_view_names = self.page_view_features(content_pages)
         count_features = _count_features(self.item_train_clicks, self.item_train_shown)
         item_features = np.concatenate([count_features, content_items, cf], axis=1).astype(np.float32)
         np.save(self.tmp_dir / "item_features.npy", item_features, allow_pickle=False)
@@ -442,6 +524,7 @@ class _Preparer:
             "cut_time": int(cut_time),
             "has_shown": True,
             "feature_names": feature_names,
+            "page_view_feature_names": page_view_names,
             "notes": self.notes,
             "prepare_counts": dict(self.counts),
             "prepare_seconds": round(seconds, 3),
@@ -752,6 +835,11 @@ class _Preparer:
                     np.add.at(self.histogram, (timestamp - self.time_min) // self.bin_width, 1)
                     widths = pc.binary_length(table.column("uuid").cast(pa.binary()))
                     self.id_width = max(self.id_width, int(pc.max(widths).as_py() or 1))
+                    if self.use_page_views:
+                        slots = self._filter_slots(
+                            uuid_prefix_keys(table.column("uuid").take(pa.array(_run_starts(table.column("uuid")))))
+                        )
+                        np.bitwise_or.at(self.user_filter, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
                 sorted_path = path.with_suffix(".arrow")
                 with ipc.new_file(str(sorted_path), _IMPRESSION_SCHEMA) as writer:
                     writer.write_table(table.cast(_IMPRESSION_SCHEMA))
@@ -768,6 +856,99 @@ class _Preparer:
                 f"{self.folder}: no impression is left after min_impressions={self.options.min_impressions}; "
                 "see the counts:\n" + format_counts(self.counts)
             )
+
+    def _filter_slots(self, keys: np.ndarray) -> np.ndarray:
+        """Bit positions of uuid prefix keys in the bitset of users with impressions (a multiplicative hash)."""
+        shift = np.uint64(64 - int(np.log2(self.filter_bits)))
+        return ((keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> shift).astype(np.int64)
+
+    # -- phase 9, first part -------------------------------------------------------------------
+    def partition_page_views(self) -> None:
+        """Phase 9 (first part): page_views.csv into the user buckets, keeping rows whose user may have impressions."""
+        path = self.page_views_path
+        n_user_buckets = len(self.user_bounds) + 1
+        writers = _Writers(self.buckets, "pageviews", n_user_buckets, _PAGE_VIEW_SCHEMA)
+        start, end = self.options.start_time, self.options.end_time
+        try:
+            with self.bar("page_views.csv", path.stat().st_size, "B") as update:
+                for batch in stream_csv(
+                    path,
+                    PAGE_VIEW_COLUMNS,
+                    chunk_rows=self.chunk_rows,
+                    on_bad_lines=self.on_bad_lines,
+                    counts=self.counts,
+                    progress=update,
+                ):
+                    uuid, document, timestamp = batch["uuid"], batch["document_id"], batch["timestamp"]
+
+                    # The time window, as for impressions.
+                    keep = np.ones(len(timestamp), dtype=bool)
+                    if start is not None:
+                        keep &= timestamp >= start
+                    if end is not None:
+                        keep &= timestamp < end
+                    self.add("page views dropped: outside the time window", int((~keep).sum()))
+
+                    # Users whose bit is not set have no impression (a set bit may be a collision: checked in phase 6).
+                    keys = uuid_prefix_keys(uuid)
+                    slots = self._filter_slots(keys)
+                    maybe = ((self.user_filter[slots >> 3] >> (slots & 7).astype(np.uint8)) & 1).astype(bool)
+                    self.add("page views dropped: user has no impression", int((keep & ~maybe).sum()))
+                    keep &= maybe
+                    if not keep.any():
+                        continue
+                    bucket = np.searchsorted(self.user_bounds, keys[keep], side="right").astype(np.int64)
+                    writers.write(bucket, [uuid.filter(pa.array(keep)), document[keep], timestamp[keep]])
+        finally:
+            writers.close()
+        self.page_view_buckets = writers.paths
+        self.user_filter = np.zeros(0, dtype=np.uint8)
+
+    def _join_page_views(self, bucket: int, users: pa.Array, last_time: np.ndarray, user0: int) -> Path | None:
+        """Phase 6 (with page views): keep the page views of one user bucket's users before their last impression.
+
+        :param bucket: the user bucket's index.
+        :param users: the bucket's users (uuids, sorted, unique).
+        :param last_time: the timestamp of each user's last impression.
+        :param user0: the global index of the bucket's first user.
+        :return: a ``.npy`` file of ``(user, timestamp, document_id)`` int64 rows sorted in that order, or ``None``.
+        """
+        if not self.page_view_buckets:
+            return None
+        path = self.page_view_buckets[bucket]
+        views = _read_stream(path)
+        path.unlink()
+        if views.num_rows == 0:
+            return None
+
+        # Rows of other users (hash collisions of the bitset) are dropped.
+        local = pc.index_in(views.column("uuid"), value_set=users).to_numpy(zero_copy_only=False)
+        known = ~np.isnan(local.astype(np.float64))
+        self.add("page views dropped: user has no impression", int((~known).sum()))
+        user = np.nan_to_num(local.astype(np.float64), nan=0).astype(np.int64)[known]
+        timestamp = views.column("timestamp").to_numpy()[known]
+        document = views.column("document_id").to_numpy()[known]
+        del views
+
+        # Views at or after the user's last impression can shape no vector.
+        useful = timestamp < last_time[user]
+        self.add("page views dropped: at or after the user's last impression", int((~useful).sum()))
+        user, timestamp, document = user[useful], timestamp[useful], document[useful]
+
+        # Sort by (user, time, document) and drop identical rows.
+        order = np.lexsort((document, timestamp, user))
+        user, timestamp, document = user[order], timestamp[order], document[order]
+        repeated = np.zeros(len(user), dtype=bool)
+        repeated[1:] = (user[1:] == user[:-1]) & (timestamp[1:] == timestamp[:-1]) & (document[1:] == document[:-1])
+        self.add("duplicate page view rows dropped", int(repeated.sum()))
+        self.add("page views kept", int((~repeated).sum()))
+        if (~repeated).sum() == 0:
+            return None
+        rows = np.stack([user[~repeated] + user0, timestamp[~repeated], document[~repeated]], axis=1)
+        self.page_documents = np.union1d(self.page_documents, np.unique(rows[:, 2]))
+        out = self.buckets / f"pageviews-{bucket:04d}.npy"
+        np.save(out, rows, allow_pickle=False)
+        return out
 
     # -- phase 5 -------------------------------------------------------------------------------
     def split_point(self) -> int:
@@ -850,9 +1031,11 @@ class _Preparer:
         ad_position, document_position = _Lookup(ads), _Lookup(self.documents)
         row0 = user0 = shown0 = items0 = 0
         with self.bar("write arrays", len(self.user_buckets), "bucket") as update:
-            for path, sizes in zip(self.user_buckets, self.sizes, strict=True):
+            for bucket_index, (path, sizes) in enumerate(zip(self.user_buckets, self.sizes, strict=True)):
                 if sizes["rows"] == 0:
                     path.unlink()
+                    empty = np.zeros(0, dtype=np.int64)
+                    self._join_page_views(bucket_index, pa.array([], type=pa.string()), empty, user0)
                     update(1)
                     continue
                 with pa.memory_map(str(path)) as source:
@@ -897,6 +1080,12 @@ class _Preparer:
                 out["user_items_ptr"][user0 + 1 : user0 + users + 1] = items0 + np.cumsum(
                     np.bincount(pair_users, minlength=users)
                 )
+
+                # The bucket's page views, joined with its users (phase 9).
+                if self.use_page_views:
+                    last_time = timestamp[starts + lengths - 1]
+                    views = self._join_page_views(bucket_index, uuid.take(pa.array(starts)), last_time, user0)
+                    self.page_view_parts.append((row0, rows, user0, views))
 
                 # Training counts per item.
                 self.item_train_clicks += np.bincount(clicked[is_train], minlength=n_items)
@@ -968,20 +1157,136 @@ class _Preparer:
         return gram
 
     # -- phase 8 -------------------------------------------------------------------------------
-    def content_features(self) -> tuple[np.ndarray, np.ndarray]:
-        """Phase 8: content vectors of ads and context pages, the reduction learned on the training split's ads."""
-        n_items, n_contexts = len(self.item_ids), len(self.context_ids)
+    def content_features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Phase 8: content vectors of ads, context pages and pages read, the reduction learned on the training split's ads.
+
+        :return: vectors of every item (n_items, d), context (n_contexts, d) and document of
+            ``self.page_documents`` (n_documents, d); ``d = 0`` when content is off or missing.
+        """
+        n_items, n_contexts, n_pages = len(self.item_ids), len(self.context_ids), len(self.page_documents)
+        nothing = (np.zeros((n_items, 0)), np.zeros((n_contexts, 0)), np.zeros((n_pages, 0)))
         if self.options.content_dim == 0:
-            return np.zeros((n_items, 0)), np.zeros((n_contexts, 0))
+            return nothing
         with self.bar("content files", None, "file"):
-            item_content, context_content = _read_content(
-                self.folder, self.item_ids, self.context_ids, self.chunk_rows, self.notes
-            )
+            # The pages read are read with the context pages, then told apart again.
+            documents = np.union1d(self.context_ids, self.page_documents)
+            item_content, document_content = _read_content(self.folder, self.item_ids, documents, self.chunk_rows, self.notes)
         if item_content is None or len(item_content) == 0:
-            return np.zeros((n_items, 0)), np.zeros((n_contexts, 0))
+            return nothing
+        context_content = page_content = None
+        if document_content is not None:
+            keys = document_content["key"].to_numpy(dtype=np.int64)
+            context_content = document_content.loc[np.isin(keys, self.context_ids)]
+            page_content = document_content.loc[np.isin(keys, self.page_documents)] if n_pages else None
         return _content_vectors(
-            item_content, context_content, self.item_ids, self.item_train_shown > 0, self.context_ids, self.options.content_dim
+            item_content,
+            context_content,
+            self.item_ids,
+            self.item_train_shown > 0,
+            self.context_ids,
+            self.options.content_dim,
+            page_content,
+            self.page_documents,
         )
+
+    # -- phase 9, last part --------------------------------------------------------------------
+    def page_view_features(self, page_vectors: np.ndarray) -> list[str]:
+        """Phase 9 (last part): every impression's page-view vector (module docstring), written as ``imp_pageviews``.
+
+        :param page_vectors: content vector of every document of ``self.page_documents``.
+        :return: the names of the vector's columns.
+        """
+        path = self.tmp_dir / "imp_pageviews.npy"
+        if not self.use_page_views:
+            np.save(path, np.zeros((self.n_impressions, 0), dtype=np.float32), allow_pickle=False)
+            self.arrays["imp_pageviews"] = path
+            return []
+        vectors = np.asarray(page_vectors, dtype=np.float32)
+        has_content = np.any(vectors != 0, axis=1)
+        width = 1 + vectors.shape[1]
+        writer = _NpyWriter(path, np.float32, self.n_impressions, width=width)
+        with self.bar("page-view vectors", len(self.page_view_parts), "bucket") as update:
+            for row0, rows, user0, views_path in self.page_view_parts:
+                imp_user = _read_rows(self.arrays["imp_user"], row0, row0 + rows).astype(np.int64) - user0
+                imp_time = _read_rows(self.arrays["imp_time"], row0, row0 + rows)
+                views = np.load(views_path) if views_path is not None else np.zeros((0, 3), dtype=np.int64)
+                if views_path is not None:
+                    views_path.unlink()
+                document_row = np.searchsorted(self.page_documents, views[:, 2])
+                writer[row0 : row0 + rows] = _page_view_vectors(
+                    imp_user,
+                    imp_time,
+                    views[:, 0] - user0,
+                    views[:, 1],
+                    vectors[document_row],
+                    has_content[document_row],
+                    self.options.page_view_history,
+                )
+                update(1)
+        writer.close()
+        self.arrays["imp_pageviews"] = path
+        return ["pageviews_log_count"] + [f"pageviews_content_{i}" for i in range(vectors.shape[1])]
+
+
+def _page_view_vectors(
+    imp_user: np.ndarray,
+    imp_time: np.ndarray,
+    view_user: np.ndarray,
+    view_time: np.ndarray,
+    view_vectors: np.ndarray,
+    view_has_content: np.ndarray,
+    history: int,
+) -> np.ndarray:
+    """The page-view vector of every impression (see the module docstring) from the views before it.
+
+    :param imp_user: user of each impression (n,), impressions sorted by (user, time).
+    :param imp_time: timestamp of each impression (n,).
+    :param view_user: user of each page view (m,), views sorted by (user, time, document).
+    :param view_time: timestamp of each page view (m,).
+    :param view_vectors: content vector of each page view's document (m, d).
+    :param view_has_content: whether that vector counts in the mean (m,).
+    :param history: the most views the mean covers (the latest ones).
+    :return: (n, 1 + d) float32: the saturating log count, then the mean content vector.
+    """
+    n, dim = len(imp_user), view_vectors.shape[1]
+    out = np.zeros((n, 1 + dim), dtype=np.float32)
+    if n == 0 or len(view_user) == 0:
+        return out
+
+    # One sort key for (user, time): the time since the earliest one here, or (when a product could overflow
+    # int64) the time's rank among all times here.
+    earliest = min(int(imp_time.min()), int(view_time.min()))
+    stride = max(int(imp_time.max()), int(view_time.max())) - earliest + 1
+    if stride * (int(max(imp_user.max(), view_user.max())) + 1) < 1 << 62:
+        view_key = view_user * stride + (view_time - earliest)
+        imp_key = imp_user * stride + (imp_time - earliest)
+    else:
+        times = np.unique(np.concatenate([imp_time, view_time]))
+        stride = len(times) + 1
+        view_key = view_user * stride + np.searchsorted(times, view_time)
+        imp_key = imp_user * stride + np.searchsorted(times, imp_time)
+
+    # The views strictly before each impression are view_key[first:end]: its user's views, older than it.
+    end = np.searchsorted(view_key, imp_key, side="left")
+    first = np.searchsorted(view_key, imp_user * stride, side="left")
+    count = end - first
+    out[:, 0] = np.minimum(1.0, np.log1p(count) / np.log1p(PAGE_VIEW_COUNT_SCALE))
+
+    # The mean over the last `history` of them, summed from the newest back (nothing later ever enters a sum).
+    total = np.zeros((n, dim))
+    counted = np.zeros(n)
+    for back in range(1, history + 1):
+        impressions = np.flatnonzero(end - back >= first)
+        if len(impressions) == 0:
+            break
+        views = end[impressions] - back
+        with_content = view_has_content[views]
+        impressions, views = impressions[with_content], views[with_content]
+        total[impressions] += view_vectors[views]
+        counted[impressions] += 1.0
+    has_mean = counted > 0
+    out[has_mean, 1:] = np.clip(total[has_mean] / counted[has_mean, None], -1.0, 1.0)
+    return out
 
 
 def _content_vectors(
@@ -991,8 +1296,10 @@ def _content_vectors(
     fit: np.ndarray,
     context_ids: np.ndarray,
     dim: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Content vectors of ads and context pages on an IDF-weighted truncated SVD learned from the ads in ``fit``.
+    page_content: pd.DataFrame | None = None,
+    page_ids: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Content vectors of ads, context pages and pages read on an IDF-weighted truncated SVD learned from the ads in ``fit``.
 
     :param item_content: ``key`` (ad id), ``token``, ``weight`` rows.
     :param context_content: the same for context documents, or ``None``.
@@ -1000,36 +1307,43 @@ def _content_vectors(
     :param fit: mask over items: those the reduction (IDF and basis) is learned from.
     :param context_ids: document id of every context index.
     :param dim: the most dimensions.
-    :return: item vectors (n_items, d) and context vectors (n_contexts, d), rows of unit length or zero.
+    :param page_content: the same for the documents read (``page_views.csv``), or ``None``; their tokens
+        that the ads and context pages lack are ignored, so they change no other vector.
+    :param page_ids: document id of every page read (``None``: none).
+    :return: item vectors (n_items, d), context vectors (n_contexts, d) and page vectors (n_pages, d),
+        rows of unit length or zero.
     """
     from scipy import sparse
 
     from recsys_gym.data.dataset import _truncated_svd
 
+    page_ids = np.zeros(0, dtype=np.int64) if page_ids is None else page_ids
     tables = [item_content] + ([context_content] if context_content is not None else [])
     tokens = pd.Index(np.sort(pd.unique(pd.concat([table["token"].astype(str) for table in tables]).to_numpy())))
 
     def matrix(table: pd.DataFrame, ids: np.ndarray) -> Any:
         rows = pd.Index(ids).get_indexer(table["key"].to_numpy(dtype=np.int64))
-        keep = rows >= 0
+        columns = tokens.get_indexer(pd.Index(table["token"].astype(str)))
+        keep = (rows >= 0) & (columns >= 0)
         return sparse.csr_matrix(
-            (
-                table["weight"].to_numpy(dtype=np.float64)[keep],
-                (rows[keep], tokens.get_indexer(pd.Index(table["token"].astype(str)))[keep]),
-            ),
+            (table["weight"].to_numpy(dtype=np.float64)[keep], (rows[keep], columns[keep])),
             shape=(len(ids), len(tokens)),
         )
 
-    # IDF and basis from the training ads alone; every ad and context page projected on them.
+    # IDF and basis from the training ads alone; every ad, context page and page read projected on them.
     items = matrix(item_content, item_ids)
     fitted = items[np.flatnonzero(fit)]
     document_frequency = np.asarray((fitted > 0).sum(axis=0)).ravel()
     idf = sparse.diags(np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0)
     _, _, right = _truncated_svd(fitted @ idf, dim)
     item_vectors = _normalise_rows(np.asarray((items @ idf) @ right.T))
-    if context_content is None or len(context_ids) == 0:
-        return item_vectors, np.zeros((len(context_ids), right.shape[0]))
-    return item_vectors, _normalise_rows(np.asarray((matrix(context_content, context_ids) @ idf) @ right.T))
+
+    def project(table: pd.DataFrame | None, ids: np.ndarray) -> np.ndarray:
+        if table is None or len(ids) == 0:
+            return np.zeros((len(ids), right.shape[0]))
+        return _normalise_rows(np.asarray((matrix(table, ids) @ idf) @ right.T))
+
+    return item_vectors, project(context_content, context_ids), project(page_content, page_ids)
 
 
 class _NpyWriter:
@@ -1039,14 +1353,17 @@ class _NpyWriter:
     :param dtype: its dtype.
     :param length: its number of elements (1-D).
     :param leading_zero: write a first element 0 (the start of a CSR pointer array).
+    :param width: a 2-D array of ``width`` columns instead, written row slice by row slice.
     """
 
-    def __init__(self, path: Path, dtype: Any, length: int, *, leading_zero: bool = False) -> None:
+    def __init__(self, path: Path, dtype: Any, length: int, *, leading_zero: bool = False, width: int | None = None) -> None:
         self.path = path
         self.dtype = np.dtype(dtype)
         self.length = length
         self.handle = open(path, "wb")  # noqa: SIM115  (closed by close())
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (length,)}
+        shape = (length,) if width is None else (length, width)
+        self.row_shape = shape[1:]
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
         np.lib.format.write_array_header_1_0(self.handle, header)
         self.position = 0
         if leading_zero:
@@ -1056,6 +1373,8 @@ class _NpyWriter:
         if index.start != self.position:
             raise RuntimeError(f"{self.path.name}: writes must follow each other, got {index} at {self.position}")
         array = np.ascontiguousarray(values, dtype=self.dtype)
+        if array.shape[1:] != self.row_shape:
+            raise RuntimeError(f"{self.path.name}: rows of shape {self.row_shape} expected, got {array.shape[1:]}")
         self.handle.write(array.tobytes())
         self.position += len(array)
 

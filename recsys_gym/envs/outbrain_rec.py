@@ -43,8 +43,9 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
 
     ## Observation Space
 
-    ``float32``, every value in ``[-1, 1]``. With ``F = item_dim`` (the dataset's item features)
-    and ``C = context_dim`` (the dataset's context content features):
+    ``float32``, every value in ``[-1, 1]``. With ``F = item_dim`` (the dataset's item features),
+    ``C = context_dim`` (the dataset's context content features) and ``P = pageview_dim`` (the
+    dataset's page-view vector; 0 without ``page_views.csv``):
 
     ======================  ==============  ===========================================================
     block                   size            content
@@ -54,6 +55,11 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
     user: history size      1               ``log(1 + n) / log(101)`` for ``n`` past clicks, capped at 1
     user: platform          4               one-hot: unknown, desktop, mobile, tablet
     user: context           C               content vector of the page being read (0 if unknown)
+    user: page views        P               from the pages the user read strictly before the impression's
+                                            timestamp: ``min(1, log(1 + n) / log(1001))`` for ``n`` pages,
+                                            then the mean content vector of the latest of them (see
+                                            :mod:`recsys_gym.data.prepare`); nothing read at or after the
+                                            impression's time enters it
     candidate ``i``         F               features of the item in slot ``i``, for ``i = 0..k``
     ======================  ==============  ===========================================================
 
@@ -61,7 +67,7 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
     CTR, a content embedding of the item's metadata tokens (topics, categories, genres) and a
     collaborative embedding from the training click matrix; all computed on the training split.
 
-    ``obs_mode="flat"`` concatenates the user block (``user_dim = 2F + 5 + C``) and the candidate
+    ``obs_mode="flat"`` concatenates the user block (``user_dim = 2F + 5 + C + P``) and the candidate
     blocks into one ``Box((user_dim + (k + 1) * F,))`` for ``"MlpPolicy"``; ``obs_mode="dict"``
     returns ``{"user": Box((user_dim,)), "candidates": Box((k + 1, F))}`` for candidate-scoring
     policies.
@@ -119,7 +125,8 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version; the user block's page-view part (``P`` values, 0 without page views) was
+      added with cache version 3.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012  (Gymnasium declares it a plain dict attribute)
@@ -196,7 +203,8 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
         # Spaces.
         self.item_dim = data.item_dim
         self.context_dim = data.context_dim
-        self.user_dim = 2 * self.item_dim + 1 + N_PLATFORMS + self.context_dim
+        self.pageview_dim = data.pageview_dim
+        self.user_dim = 2 * self.item_dim + 1 + N_PLATFORMS + self.context_dim + self.pageview_dim
         self.action_space = spaces.Discrete(self.k + 1)
         if obs_mode == "flat":
             self.observation_space: spaces.Space[Any] = spaces.Box(
@@ -390,8 +398,13 @@ class OutbrainRecEnv(gym.Env[Any, np.int64]):
             row = int(self._rows[self._position])
             state[2 * item_dim + 1 + int(data.imp_platform[row])] = 1.0
             context = int(data.imp_context[row])
+            context_start = 2 * item_dim + 1 + N_PLATFORMS
             if context >= 0 and self.context_dim:
-                state[2 * item_dim + 1 + N_PLATFORMS :] = data.context_features[context]
+                state[context_start : context_start + self.context_dim] = data.context_features[context]
+
+            # The pages read strictly before this impression (computed so by the preparation).
+            if self.pageview_dim:
+                state[context_start + self.context_dim :] = data.imp_pageviews[row]
         return state
 
     def _observation(self) -> Any:
