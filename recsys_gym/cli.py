@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from recsys_gym.data.prepare import DEFAULT_CHUNK_ROWS
 from recsys_gym.error import DataError, MissingDataError
 
 
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     outbrain.add_argument(
         "--skip-bad-lines", action="store_true", help="skip and count malformed lines and bad displays instead of failing"
     )
-    outbrain.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows parsed at a time (default 1,000,000)")
+    outbrain.add_argument(
+        "--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help=f"rows parsed at a time (default {DEFAULT_CHUNK_ROWS:,})"
+    )
     outbrain.add_argument("--quiet", action="store_true", help="no progress bars and no log lines")
     return parser
 

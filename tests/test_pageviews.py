@@ -177,9 +177,11 @@ def brute_force(data: CompactDataset, views: pd.DataFrame, history: int) -> np.n
 
 @pytest.fixture(scope="module")
 def generated_with_views(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    """The generator's 300 users plus 6,000 page views: half of impression users, half of others, ties included."""
-    folder = generate_outbrain(tmp_path_factory.mktemp("generated"), n_users=300)
+    """The generator's files at size 0.0002 plus 6,000 page views: half of impression users, half of others, ties included."""
+    folder = generate_outbrain(tmp_path_factory.mktemp("generated"), size=0.0002)
     events = pd.read_csv(folder / "events.csv")
+    clicks = pd.read_csv(folder / "clicks_train.csv")
+    context_pages = events.loc[events["display_id"].isin(clicks["display_id"]), "document_id"].unique()
     rng = np.random.default_rng(7)
     n = 6000
     users = np.where(
@@ -194,7 +196,8 @@ def generated_with_views(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     views = pd.DataFrame(
         {
             "uuid": users,
-            "document_id": rng.choice(events["document_id"].unique(), n),
+            # Pages that are also context pages of training displays, whose vectors the reference below reads.
+            "document_id": rng.choice(context_pages, n),
             "timestamp": times,
             "platform": rng.choice(["1", "2", "3", "\\N"], n),
             "geo_location": "US>CA>807",

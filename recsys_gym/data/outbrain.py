@@ -312,11 +312,11 @@ class _Vocabulary:
         return pd.DataFrame({"key": keys, "token": tokens, "weight": weights.astype(np.float32)})
 
 
-def _read_content(
-    folder: Path, ad_ids: np.ndarray, context_documents: np.ndarray, chunksize: int, notes: list[str]
-) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """Read the optional files into item (ad) and context (document) content tables."""
-    # Note every missing optional file, and warn once for all of them.
+def note_missing_optional_files(folder: Path, notes: list[str]) -> list[str]:
+    """Note every optional file missing from ``folder`` (what is lost without it), warn once for all of them.
+
+    :return: the names of the missing files.
+    """
     missing = [file_name for file_name in OPTIONAL_FILES if not (folder / file_name).is_file()]
     for file_name in missing:
         notes.append(f"{file_name} is missing: {OPTIONAL_FILES[file_name]}")
@@ -326,6 +326,14 @@ def _read_content(
             folder,
             "; ".join(f"{file_name}: {OPTIONAL_FILES[file_name]}" for file_name in missing),
         )
+    return missing
+
+
+def _read_content(
+    folder: Path, ad_ids: np.ndarray, context_documents: np.ndarray, chunksize: int, notes: list[str]
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Read the optional files into item (ad) and context (document) content tables."""
+    missing = note_missing_optional_files(folder, notes)
     vocabulary = _Vocabulary()
 
     # Landing document, campaign and advertiser of every ad in the log.

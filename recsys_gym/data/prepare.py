@@ -12,7 +12,7 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
 1. **Partition clicks.** ``clicks_train.csv`` is parsed in blocks by :func:`pyarrow.csv.open_csv`
    (explicit types, columns checked by name) and its rows ``(display_id, ad_id, clicked)`` are
    appended to ``P`` temporary Arrow IPC files by ``display_id mod P``; ``P`` is chosen from the
-   file sizes so one bucket holds about ``bucket_bytes`` of text (default 64 MB).
+   file sizes so one bucket holds about ``bucket_bytes`` of text (default 16 MB).
 2. **Partition events.** ``events.csv`` likewise, rows ``(display_id, uuid, document_id,
    timestamp, platform code)``; a systematic sample of the users' 8-byte uuid prefixes (as big-endian
    integers) gives ``Q - 1`` quantile boundaries for the user buckets of phase 3.
@@ -119,16 +119,26 @@ from recsys_gym.data.dataset import (
     partial_dir,
     seal_cache,
 )
-from recsys_gym.data.outbrain import _DOWNLOAD_HINT, FILE_COLUMNS, PLATFORM_CODES, _line_of_display, _read_content
+from recsys_gym.data.interactions import read_csv_checked
+from recsys_gym.data.outbrain import (
+    _DOWNLOAD_HINT,
+    FILE_COLUMNS,
+    PLATFORM_CODES,
+    _keep_confident,
+    _keep_ids,
+    _line_of_display,
+    note_missing_optional_files,
+)
 from recsys_gym.error import DataError, MissingDataError
 
 logger = logging.getLogger(__name__)
 
-#: Rows per parsed block by default.
-DEFAULT_CHUNK_ROWS = 1_000_000
+#: Rows per parsed block by default. With the bucket size below, the working set stops growing at about 2 million
+#: clicks rows (measured by benchmarks/prepare.py); larger blocks gave no speed on 2 cores.
+DEFAULT_CHUNK_ROWS = 250_000
 
 #: Text bytes aimed at per temporary bucket by default.
-DEFAULT_BUCKET_BYTES = 64 << 20
+DEFAULT_BUCKET_BYTES = 16 << 20
 
 #: Most temporary buckets per partition (open files).
 MAX_BUCKETS = 256
@@ -323,8 +333,9 @@ def prepare_outbrain(
     clean_stale_partials(target)
     tmp_dir = partial_dir(target)
     try:
-        preparer = _Preparer(folder, tmp_dir, options, on_bad_lines, int(chunk_rows), progress, int(bucket_bytes))
-        manifest = preparer.run()
+        with _returning_memory_pool():
+            preparer = _Preparer(folder, tmp_dir, options, on_bad_lines, int(chunk_rows), progress, int(bucket_bytes))
+            manifest = preparer.run()
         manifest["source_key"] = source_key
         shutil.rmtree(tmp_dir / "buckets", ignore_errors=True)
         _pause_if_asked("before_seal", tmp_dir)
@@ -335,6 +346,27 @@ def prepare_outbrain(
     dataset = CompactDataset(target)
     logger.info("prepared %r", dataset)
     return dataset
+
+
+@contextmanager
+def _returning_memory_pool() -> Iterator[None]:
+    """Run with Arrow's jemalloc pool set to give freed memory back at once, then restore the caller's pool.
+
+    Arrow's default allocator keeps freed blocks for reuse, so each phase's peak would stay resident through the
+    next ones; where jemalloc is not built in, the default pool is kept.
+    """
+    previous = pa.default_memory_pool()
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        yield
+        return
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 def _manifest_of(path: Path) -> dict[str, Any]:
@@ -1168,26 +1200,17 @@ class _Preparer:
         if self.options.content_dim == 0:
             return nothing
         with self.bar("content files", None, "file"):
-            # The pages read are read with the context pages, then told apart again.
-            documents = np.union1d(self.context_ids, self.page_documents)
-            item_content, document_content = _read_content(self.folder, self.item_ids, documents, self.chunk_rows, self.notes)
-        if item_content is None or len(item_content) == 0:
-            return nothing
-        context_content = page_content = None
-        if document_content is not None:
-            keys = document_content["key"].to_numpy(dtype=np.int64)
-            context_content = document_content.loc[np.isin(keys, self.context_ids)]
-            page_content = document_content.loc[np.isin(keys, self.page_documents)] if n_pages else None
-        return _content_vectors(
-            item_content,
-            context_content,
-            self.item_ids,
-            self.item_train_shown > 0,
-            self.context_ids,
-            self.options.content_dim,
-            page_content,
-            self.page_documents,
-        )
+            vectors = _streamed_content_vectors(
+                self.folder,
+                self.item_ids,
+                self.item_train_shown > 0,
+                self.context_ids,
+                self.page_documents,
+                self.options.content_dim,
+                self.chunk_rows,
+                self.notes,
+            )
+        return nothing if vectors is None else vectors
 
     # -- phase 9, last part --------------------------------------------------------------------
     def page_view_features(self, page_vectors: np.ndarray) -> list[str]:
@@ -1289,61 +1312,159 @@ def _page_view_vectors(
     return out
 
 
-def _content_vectors(
-    item_content: pd.DataFrame,
-    context_content: pd.DataFrame | None,
+#: The document files and, for each, the columns that give a document's tokens: (column, token prefix, weight column).
+_DOCUMENT_TOKENS: dict[str, list[tuple[str, str, str | None]]] = {
+    "documents_topics.csv": [("topic_id", "topic", "confidence_level")],
+    "documents_categories.csv": [("category_id", "category", "confidence_level")],
+    "documents_entities.csv": [("entity_id", "entity", "confidence_level")],
+    "documents_meta.csv": [("source_id", "source", None), ("publisher_id", "publisher", None)],
+}
+
+
+def _document_token_rows(
+    folder: Path, file_name: str, documents: np.ndarray, chunk_rows: int, consume: Callable[[str, pd.DataFrame], None]
+) -> None:
+    """Stream one document file, handing ``consume(prefix, rows)`` the token rows of ``documents``, one chunk at a time.
+
+    ``rows`` has the columns ``document_id``, ``value`` (the token's id) and ``weight``; nothing is kept between chunks.
+    """
+    path = folder / file_name
+    keep = _keep_confident(path, documents) if file_name != "documents_meta.csv" else _keep_ids("document_id", documents)
+
+    def each_chunk(chunk: pd.DataFrame) -> pd.DataFrame:
+        chunk = keep(chunk)
+        for column, prefix, weight_column in _DOCUMENT_TOKENS[file_name]:
+            known = chunk.loc[chunk[column].notna()]
+            if len(known):
+                weights = known[weight_column].to_numpy(np.float64) if weight_column else np.ones(len(known))
+                values = known[column] if file_name == "documents_entities.csv" else known[column].astype("int64")
+                tokens = pd.DataFrame({"document_id": known["document_id"].to_numpy(), "value": values, "weight": weights})
+                consume(prefix, tokens)
+        return chunk.iloc[:0]
+
+    read_csv_checked(path, FILE_COLUMNS[file_name], chunksize=chunk_rows, transform=each_chunk)
+
+
+def _streamed_content_vectors(
+    folder: Path,
     item_ids: np.ndarray,
     fit: np.ndarray,
     context_ids: np.ndarray,
+    page_ids: np.ndarray,
     dim: int,
-    page_content: pd.DataFrame | None = None,
-    page_ids: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Content vectors of ads, context pages and pages read on an IDF-weighted truncated SVD learned from the ads in ``fit``.
+    chunk_rows: int,
+    notes: list[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Content vectors of ads, context pages and pages read, streaming the document files twice.
 
-    :param item_content: ``key`` (ad id), ``token``, ``weight`` rows.
-    :param context_content: the same for context documents, or ``None``.
+    The first pass keeps the token rows of the ads' landing pages only (catalogue-sized); with each ad's
+    campaign and advertiser they make the item-token matrix, whose columns are the ads' tokens in string
+    order (``"topic:12"``...). The reduction is learned from the ads in ``fit``: IDF weights, then an
+    IDF-weighted truncated SVD. The second pass projects the context pages and pages read on it chunk by
+    chunk, adding each token row's share into its document's vector; tokens no ad has are ignored.
+
+    :param folder: the raw folder.
     :param item_ids: ad id of every item index.
-    :param fit: mask over items: those the reduction (IDF and basis) is learned from.
-    :param context_ids: document id of every context index.
+    :param fit: mask over items: those the reduction is learned from.
+    :param context_ids: sorted document ids of the context pages.
+    :param page_ids: sorted document ids of the pages read (``page_views.csv``).
     :param dim: the most dimensions.
-    :param page_content: the same for the documents read (``page_views.csv``), or ``None``; their tokens
-        that the ads and context pages lack are ignored, so they change no other vector.
-    :param page_ids: document id of every page read (``None``: none).
-    :return: item vectors (n_items, d), context vectors (n_contexts, d) and page vectors (n_pages, d),
-        rows of unit length or zero.
+    :param chunk_rows: rows parsed per chunk.
+    :param notes: where missing optional files are noted.
+    :return: item (n_items, d), context (n_contexts, d) and page (n_pages, d) vectors, rows of unit length or
+        zero; ``None`` when no ad has content (no ``promoted_content.csv``, or none of its ads in the log).
     """
     from scipy import sparse
 
     from recsys_gym.data.dataset import _truncated_svd
 
-    page_ids = np.zeros(0, dtype=np.int64) if page_ids is None else page_ids
-    tables = [item_content] + ([context_content] if context_content is not None else [])
-    tokens = pd.Index(np.sort(pd.unique(pd.concat([table["token"].astype(str) for table in tables]).to_numpy())))
+    missing = note_missing_optional_files(folder, notes)
+    if "promoted_content.csv" in missing:
+        return None
 
-    def matrix(table: pd.DataFrame, ids: np.ndarray) -> Any:
-        rows = pd.Index(ids).get_indexer(table["key"].to_numpy(dtype=np.int64))
-        columns = tokens.get_indexer(pd.Index(table["token"].astype(str)))
-        keep = (rows >= 0) & (columns >= 0)
-        return sparse.csr_matrix(
-            (table["weight"].to_numpy(dtype=np.float64)[keep], (rows[keep], columns[keep])),
-            shape=(len(ids), len(tokens)),
-        )
+    # The ads' landing pages, campaigns and advertisers.
+    path = folder / "promoted_content.csv"
+    promoted = read_csv_checked(
+        path, FILE_COLUMNS["promoted_content.csv"], chunksize=chunk_rows, transform=_keep_ids("ad_id", item_ids)
+    )
+    repeated = promoted["ad_id"].duplicated().to_numpy()
+    if repeated.any():
+        first = int(promoted["ad_id"].to_numpy()[repeated][0])
+        raise DataError(f"{path}: ad_id {first} has more than one row; expected one per ad")
+    if len(promoted) == 0:
+        return None
+    landing = np.unique(promoted["document_id"].to_numpy(dtype=np.int64))
 
-    # IDF and basis from the training ads alone; every ad, context page and page read projected on them.
-    items = matrix(item_content, item_ids)
+    # Pass 1: the landing pages' token rows, as (ad, token string, weight).
+    landing_rows: list[pd.DataFrame] = []
+
+    def keep_landing(prefix: str, rows: pd.DataFrame) -> None:
+        landing_rows.append(rows.assign(token=prefix + ":" + rows["value"].astype(str))[["document_id", "token", "weight"]])
+
+    document_files = [name for name in _DOCUMENT_TOKENS if name not in missing]
+    for file_name in document_files:
+        _document_token_rows(folder, file_name, landing, chunk_rows, keep_landing)
+    tokens_of_pages = (
+        pd.concat(landing_rows, ignore_index=True)
+        if landing_rows
+        else pd.DataFrame({"document_id": [], "token": [], "weight": []})
+    )
+    ads = promoted[["ad_id", "document_id"]].merge(tokens_of_pages, on="document_id", how="inner", sort=False)
+    item_table = pd.concat(
+        [
+            ads[["ad_id", "token", "weight"]],
+            pd.DataFrame(
+                {"ad_id": promoted["ad_id"], "token": "campaign:" + promoted["campaign_id"].astype(str), "weight": 1.0}
+            ),
+            pd.DataFrame(
+                {"ad_id": promoted["ad_id"], "token": "advertiser:" + promoted["advertiser_id"].astype(str), "weight": 1.0}
+            ),
+        ],
+        ignore_index=True,
+    )
+
+    # The item-token matrix, IDF and basis from the training ads alone.
+    columns = pd.Index(np.sort(item_table["token"].astype(str).unique()))
+    rows = pd.Index(item_ids).get_indexer(item_table["ad_id"].to_numpy(dtype=np.int64))
+    items = sparse.csr_matrix(
+        (item_table["weight"].to_numpy(np.float64), (rows, columns.get_indexer(item_table["token"].astype(str)))),
+        shape=(len(item_ids), len(columns)),
+    )
     fitted = items[np.flatnonzero(fit)]
     document_frequency = np.asarray((fitted > 0).sum(axis=0)).ravel()
-    idf = sparse.diags(np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0)
-    _, _, right = _truncated_svd(fitted @ idf, dim)
-    item_vectors = _normalise_rows(np.asarray((items @ idf) @ right.T))
+    idf = np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0
+    _, _, right = _truncated_svd(fitted @ sparse.diags(idf), dim)
+    item_vectors = _normalise_rows(np.asarray((items @ sparse.diags(idf)) @ right.T))
 
-    def project(table: pd.DataFrame | None, ids: np.ndarray) -> np.ndarray:
-        if table is None or len(ids) == 0:
-            return np.zeros((len(ids), right.shape[0]))
-        return _normalise_rows(np.asarray((matrix(table, ids) @ idf) @ right.T))
+    # Each token's column, per prefix, and its contribution (IDF times its basis row).
+    contribution = idf[:, None] * right.T
+    lookup: dict[str, tuple[pd.Index, np.ndarray]] = {}
+    for prefix in {prefix for specs in _DOCUMENT_TOKENS.values() for _, prefix, _ in specs}:
+        chosen = [index for index, token in enumerate(columns) if token.startswith(prefix + ":")]
+        values = [columns[index][len(prefix) + 1 :] for index in chosen]
+        # Entity ids are text; every other token id is an integer, looked up as one (no string per row)
+        known = pd.Index(values) if prefix == "entity" else pd.Index(np.asarray(values, dtype=np.int64))
+        lookup[prefix] = (known, np.asarray(chosen, dtype=np.int64))
 
-    return item_vectors, project(context_content, context_ids), project(page_content, page_ids)
+    # Pass 2: the context pages and pages read, accumulated chunk by chunk.
+    targets = np.union1d(context_ids, page_ids).astype(np.int64)
+    totals = np.zeros((len(targets), right.shape[0]))
+
+    def project(prefix: str, rows: pd.DataFrame) -> None:
+        known_values, known_columns = lookup[prefix]
+        values = rows["value"].astype(str) if prefix == "entity" else rows["value"].to_numpy(dtype=np.int64)
+        position = known_values.get_indexer(pd.Index(values))
+        hit = position >= 0
+        if hit.any():
+            target_rows = np.searchsorted(targets, rows["document_id"].to_numpy(dtype=np.int64)[hit])
+            shares = rows["weight"].to_numpy(np.float64)[hit, None] * contribution[known_columns[position[hit]]]
+            np.add.at(totals, target_rows, shares)
+
+    if len(targets):
+        for file_name in document_files:
+            _document_token_rows(folder, file_name, targets, chunk_rows, project)
+    totals = _normalise_rows(totals)
+    return item_vectors, totals[np.searchsorted(targets, context_ids)], totals[np.searchsorted(targets, page_ids)]
 
 
 class _NpyWriter:
