@@ -1,11 +1,13 @@
 """The obvious way to prepare the Outbrain files, the reference ``benchmarks/prepare.py`` measures against.
 
-Each file is read whole with ``pandas.read_csv``, the clicks are merged with their events and the ads
-with their landing pages, and the result is grouped and sorted in memory: what one writes first
-with pandas. It computes the same core arrays as ``recsys-gym prepare outbrain`` (impressions sorted
-by user then time, the ads shown in each, the time split, each ad's training clicks and impressions,
-each user's items, and a content embedding of the ads from their landing pages' topics and
-categories) and saves them as ``.npy`` files, so both sides do comparable work. It imports only
+Each file is read whole with ``pandas.read_csv``, the clicks are merged with their events and the
+document tables with the ads' landing pages and the context pages, and the result is grouped and
+sorted in memory: what one writes first with pandas. It computes what ``recsys-gym prepare
+outbrain`` computes (impressions sorted by user then time, the ads shown in each, the time split,
+each ad's training clicks and impressions, each user's items, the content embedding of ads and
+context pages from topics, categories, entities, sources, publishers, campaigns and advertisers, and
+the co-click embedding) and saves it as ``.npy`` files, so both sides do the same work; it checks
+nothing and counts nothing. It imports only
 NumPy, pandas and SciPy, so its peak memory is the data's, not a deep-learning library's.
 
 Run as a script (``python benchmarks/naive_prepare.py RAW_DIR OUT_DIR``); it prints one JSON line of
@@ -22,13 +24,16 @@ import numpy as np
 import pandas as pd
 
 
-def naive_prepare(raw_dir: Path, out_dir: Path, test_fraction: float = 0.2, content_dim: int = 8) -> dict[str, int]:
+def naive_prepare(
+    raw_dir: Path, out_dir: Path, test_fraction: float = 0.2, content_dim: int = 8, cf_dim: int = 8
+) -> dict[str, int]:
     """Prepare the raw files in memory with whole-file reads and merges; return the counts written.
 
     :param raw_dir: folder with the Kaggle CSV files (``events.csv``, ``clicks_train.csv``, optional others).
     :param out_dir: folder the arrays are saved into (created).
     :param test_fraction: share of the latest impressions held out.
-    :param content_dim: size of the ads' content embedding.
+    :param content_dim: size of the content embedding of ads and context pages.
+    :param cf_dim: size of the ads' co-click embedding.
     :return: numbers of impressions, users, items and training impressions.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,31 +74,82 @@ def naive_prepare(raw_dir: Path, out_dir: Path, test_fraction: float = 0.2, cont
     train_shown = np.bincount(shown_items[is_train[train_rows]], minlength=len(ads))
     pairs = pd.DataFrame({"user": user_codes, "item": clicked}).drop_duplicates().sort_values(["user", "item"])
 
-    # Content: merge the ads' landing pages with their topics and categories, then a truncated SVD.
-    content = np.zeros((len(ads), 0), dtype=np.float32)
+    # Content: whole document tables merged onto the ads' landing pages and onto the context pages, an IDF-weighted
+    # truncated SVD of the ads' tokens, and the context pages projected on it.
+    from scipy import sparse
+    from scipy.sparse.linalg import svds
+
+    item_content = np.zeros((len(ads), 0))
+    context_content = np.zeros((0, 0))
+    contexts = np.sort(impressions["document_id"].unique())
     if (raw_dir / "promoted_content.csv").is_file():
         promoted = pd.read_csv(raw_dir / "promoted_content.csv")
+        promoted = promoted[promoted["ad_id"].isin(ads)]
         tables = []
-        for name, column in (("documents_topics.csv", "topic_id"), ("documents_categories.csv", "category_id")):
+        for name, column in (
+            ("documents_topics.csv", "topic_id"),
+            ("documents_categories.csv", "category_id"),
+            ("documents_entities.csv", "entity_id"),
+        ):
             if (raw_dir / name).is_file():
-                table = pd.read_csv(raw_dir / name).rename(columns={column: "token"})
-                table["token"] = column + ":" + table["token"].astype(str)
-                tables.append(table)
-        if tables:
-            tokens = promoted.merge(pd.concat(tables), on="document_id")
-            tokens = tokens[tokens["ad_id"].isin(ads)]
-            token_codes, _ = pd.factorize(tokens["token"])
-            from scipy import sparse
-            from scipy.sparse.linalg import svds
-
-            matrix = sparse.csr_matrix(
-                (tokens["confidence_level"].to_numpy(), (np.searchsorted(ads, tokens["ad_id"].to_numpy()), token_codes)),
-                shape=(len(ads), token_codes.max() + 1),
+                table = pd.read_csv(raw_dir / name)
+                table["token"] = column.split("_")[0] + ":" + table[column].astype(str)
+                tables.append(table[["document_id", "token", "confidence_level"]])
+        if (raw_dir / "documents_meta.csv").is_file():
+            meta = pd.read_csv(raw_dir / "documents_meta.csv")
+            for column in ("source_id", "publisher_id"):
+                known = meta[meta[column].notna()]
+                tables.append(
+                    pd.DataFrame(
+                        {
+                            "document_id": known["document_id"],
+                            "token": column.split("_")[0] + ":" + known[column].astype("int64").astype(str),
+                            "confidence_level": 1.0,
+                        }
+                    )
+                )
+        documents = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["document_id", "token"])
+        landing = promoted.merge(documents, on="document_id")
+        item_tokens = pd.concat(
+            [
+                landing[["ad_id", "token", "confidence_level"]],
+                promoted.assign(token="campaign:" + promoted["campaign_id"].astype(str), confidence_level=1.0),
+                promoted.assign(token="advertiser:" + promoted["advertiser_id"].astype(str), confidence_level=1.0),
+            ],
+            ignore_index=True,
+        )[["ad_id", "token", "confidence_level"]]
+        vocabulary = pd.Index(np.sort(item_tokens["token"].unique()))
+        matrix = sparse.csr_matrix(
+            (
+                item_tokens["confidence_level"].to_numpy(np.float64),
+                (np.searchsorted(ads, item_tokens["ad_id"].to_numpy()), vocabulary.get_indexer(item_tokens["token"])),
+            ),
+            shape=(len(ads), len(vocabulary)),
+        )
+        fitted = matrix[np.flatnonzero(train_shown > 0)]
+        idf = np.log((1.0 + fitted.shape[0]) / (1.0 + np.asarray((fitted > 0).sum(axis=0)).ravel())) + 1.0
+        dim = min(content_dim, min(fitted.shape) - 1)
+        if dim > 0:
+            _, _, right = svds(fitted @ sparse.diags(idf), k=dim)
+            item_content = np.asarray((matrix @ sparse.diags(idf)) @ right.T)
+            context_tokens = documents[documents["document_id"].isin(contexts)]
+            columns = vocabulary.get_indexer(context_tokens["token"])
+            known = columns >= 0
+            context_matrix = sparse.csr_matrix(
+                (
+                    context_tokens["confidence_level"].to_numpy(np.float64)[known],
+                    (np.searchsorted(contexts, context_tokens["document_id"].to_numpy()[known]), columns[known]),
+                ),
+                shape=(len(contexts), len(vocabulary)),
             )
-            dim = min(content_dim, min(matrix.shape) - 1)
-            if dim > 0:
-                _, _, right = svds(matrix, k=dim)
-                content = np.asarray(matrix @ right.T, dtype=np.float32)
+            context_content = np.asarray((context_matrix @ sparse.diags(idf)) @ right.T)
+
+    # Co-click embedding: a truncated SVD of the binary training user-ad matrix.
+    train_matrix = sparse.csr_matrix(
+        (np.ones(int(is_train.sum())), (user_codes[is_train], clicked[is_train])), shape=(len(users), len(ads))
+    )
+    train_matrix.data = np.minimum(train_matrix.data, 1.0)
+    _, _, cf_right = svds(train_matrix, k=min(cf_dim, min(train_matrix.shape) - 1))
 
     # Save everything.
     arrays = {
@@ -108,7 +164,10 @@ def naive_prepare(raw_dir: Path, out_dir: Path, test_fraction: float = 0.2, cont
         "user_items": np.searchsorted(ads, ads[pairs["item"].to_numpy()]).astype(np.int32),
         "item_train_clicks": train_clicks.astype(np.int64),
         "item_train_shown": train_shown.astype(np.int64),
-        "item_content": content,
+        "item_content": item_content.astype(np.float32),
+        "context_content": context_content.astype(np.float32),
+        "item_cf": cf_right.T.astype(np.float32),
+        "user_ids": np.asarray(users.astype(str), dtype="S"),
     }
     for name, array in arrays.items():
         np.save(out_dir / f"{name}.npy", array)

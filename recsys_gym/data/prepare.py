@@ -92,8 +92,10 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,7 +126,6 @@ from recsys_gym.data.outbrain import (
     _DOWNLOAD_HINT,
     FILE_COLUMNS,
     PLATFORM_CODES,
-    _keep_confident,
     _keep_ids,
     _line_of_display,
     note_missing_optional_files,
@@ -475,6 +476,9 @@ class _Preparer:
         self.chunk_rows = chunk_rows
         self.progress = progress
         self.counts: dict[str, int] = {}
+        # Phases 3 and 4 work on several buckets at once, one per core (at most 4 at a time, to bound memory).
+        self.lock = threading.Lock()
+        self.n_threads = max(1, min(4, os.cpu_count() or 1))
         self.notes: list[str] = []
         self.seconds: dict[str, float] = {}
         self.clicks_path = folder / "clicks_train.csv"
@@ -502,8 +506,9 @@ class _Preparer:
         self.page_documents = np.zeros(0, dtype=np.int64)
 
     def add(self, reason: str, count: int) -> None:
-        """Add ``count`` to a counter."""
-        self.counts[reason] = self.counts.get(reason, 0) + int(count)
+        """Add ``count`` to a counter (from any of the phase threads)."""
+        with self.lock:
+            self.counts[reason] = self.counts.get(reason, 0) + int(count)
 
     @contextmanager
     def bar(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], Any]]:
@@ -519,9 +524,10 @@ class _Preparer:
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        self.partition_clicks()
-        _pause_if_asked("after_clicks", self.tmp_dir)
-        self.partition_events()
+        # The two required files are partitioned side by side (each pass is parsing and bucketing of its own file).
+        with ThreadPoolExecutor(min(2, self.n_threads)) as pool:
+            for done in [pool.submit(self.partition_clicks), pool.submit(self.partition_events)]:
+                done.result()
         _pause_if_asked("after_events", self.tmp_dir)
         self.join_displays()
         self.sort_users()
@@ -531,8 +537,11 @@ class _Preparer:
         cut_time = self.split_point()
         self.write_arrays(cut_time)
         _pause_if_asked("after_write", self.tmp_dir)
-        cf = self.cf_embedding()
-        content_items, content_contexts, content_pages = self.content_features()
+        # The co-click and the content embeddings need only the written arrays: computed side by side.
+        with ThreadPoolExecutor(min(2, self.n_threads)) as pool:
+            cf_job = pool.submit(self.cf_embedding)
+            content_items, content_contexts, content_pages = self.content_features()
+            cf = cf_job.result()
         page_view_names = self.page_view_features(content_pages)
         count_features = _count_features(self.item_train_clicks, self.item_train_shown)
         item_features = np.concatenate([count_features, content_items, cf], axis=1).astype(np.float32)
@@ -675,11 +684,17 @@ class _Preparer:
         self.time_min, self.time_max = np.iinfo(np.int64).max, np.iinfo(np.int64).min
         try:
             with self.bar("join displays", len(self.click_buckets), "bucket") as update:
-                for click_path, event_path in zip(self.click_buckets, self.event_buckets, strict=True):
+
+                def join(paths: tuple[Path, Path]) -> None:
+                    click_path, event_path = paths
                     self._join_bucket(_read_stream(click_path), _read_stream(event_path), writers)
                     click_path.unlink()
                     event_path.unlink()
-                    update(1)
+
+                # Buckets are independent: one per thread (NumPy and Arrow release the GIL in their loops).
+                with ThreadPoolExecutor(self.n_threads) as pool:
+                    for _ in pool.map(join, zip(self.click_buckets, self.event_buckets, strict=True)):
+                        update(1)
         finally:
             writers.close()
         self.user_buckets = writers.paths
@@ -784,8 +799,9 @@ class _Preparer:
             display, ad, clicked = display[keep_clicks], ad[keep_clicks], clicked[keep_clicks]
         if events.num_rows == 0:
             return
-        self.time_min = min(self.time_min, int(timestamp.min()))
-        self.time_max = max(self.time_max, int(timestamp.max()))
+        with self.lock:
+            self.time_min = min(self.time_min, int(timestamp.min()))
+            self.time_max = max(self.time_max, int(timestamp.max()))
 
         # Each impression's clicked ad and shown ads (file order), aligned with the events (sorted by display).
         event_display = events.column("display_id").to_numpy()
@@ -801,18 +817,20 @@ class _Preparer:
         # Send every impression to the user bucket of its uuid prefix.
         uuid = events.column("uuid")
         bucket = np.searchsorted(self.user_bounds, uuid_prefix_keys(uuid), side="right").astype(np.int64)
-        writers.write(
-            bucket,
-            [
-                events.column("display_id").combine_chunks(),
-                uuid.combine_chunks(),
-                events.column("timestamp").combine_chunks(),
-                events.column("document_id").combine_chunks(),
-                events.column("platform").combine_chunks(),
-                clicked_ad,
-                shown,
-            ],
-        )
+        # The order rows reach a user bucket does not matter: phase 4 sorts each bucket by a total order.
+        with self.lock:
+            writers.write(
+                bucket,
+                [
+                    events.column("display_id").combine_chunks(),
+                    uuid.combine_chunks(),
+                    events.column("timestamp").combine_chunks(),
+                    events.column("document_id").combine_chunks(),
+                    events.column("platform").combine_chunks(),
+                    clicked_ad,
+                    shown,
+                ],
+            )
 
     # -- phase 4 -------------------------------------------------------------------------------
     def sort_users(self) -> None:
@@ -829,55 +847,16 @@ class _Preparer:
         self.histogram = np.zeros(span // self.bin_width + 1, dtype=np.int64)
         self.sizes: list[dict[str, int]] = []
         self.id_width = 1
-        sorted_paths = []
         with self.bar("sort users", len(self.user_buckets), "bucket") as update:
-            for path in self.user_buckets:
-                table = _read_stream(path)
-                path.unlink()
-                sizes = {"rows": 0, "users": 0, "shown": 0, "user_items": 0}
-                if table.num_rows:
-                    table = table.sort_by([("uuid", "ascending"), ("timestamp", "ascending"), ("display_id", "ascending")])
-                    starts = _run_starts(table.column("uuid"))
-                    lengths = np.diff(np.append(starts, table.num_rows))
-                    if self.options.min_impressions > 1:
-                        small = lengths < self.options.min_impressions
-                        if small.any():
-                            self.add("impressions dropped: user below min_impressions", int(lengths[small].sum()))
-                            self.add("users dropped: below min_impressions", int(small.sum()))
-                            table = table.filter(pa.array(np.repeat(~small, lengths)))
-                            lengths = lengths[~small]
-                table = table.combine_chunks()
-                if table.num_rows:
-                    user_of_row = np.repeat(np.arange(len(lengths)), lengths)
-                    clicked = table.column("clicked").to_numpy()
-                    shown = table.column("shown").combine_chunks()
-                    flat = shown.flatten().to_numpy()
-                    timestamp = table.column("timestamp").to_numpy()
-                    small_ids = len(clicked) == 0 or (clicked.min() >= 0 and clicked.max() < (1 << 40))
-                    item_codes = clicked.astype(np.int64) if small_ids else _dense(clicked)
-                    sizes = {
-                        "rows": table.num_rows,
-                        "users": len(lengths),
-                        "shown": len(flat),
-                        "user_items": len(_sorted_unique(user_of_row.astype(np.int64) * (1 << 40) + item_codes)),
-                    }
-                    self.ads = _sorted_unique(np.concatenate([self.ads, _sorted_unique(flat)]))
-                    documents = _sorted_unique(table.column("document_id").to_numpy())
+            # Buckets are independent: one per thread; results come back in bucket order.
+            sorted_paths = []
+            with ThreadPoolExecutor(self.n_threads) as pool:
+                for sorted_path, sizes, ads, documents in pool.map(self._sort_bucket, self.user_buckets):
+                    sorted_paths.append(sorted_path)
+                    self.sizes.append(sizes)
+                    self.ads = _sorted_unique(np.concatenate([self.ads, ads]))
                     self.documents = _sorted_unique(np.concatenate([self.documents, documents]))
-                    np.add.at(self.histogram, (timestamp - self.time_min) // self.bin_width, 1)
-                    widths = pc.binary_length(table.column("uuid").cast(pa.binary()))
-                    self.id_width = max(self.id_width, int(pc.max(widths).as_py() or 1))
-                    if self.use_page_views:
-                        slots = self._filter_slots(
-                            uuid_prefix_keys(table.column("uuid").take(pa.array(_run_starts(table.column("uuid")))))
-                        )
-                        np.bitwise_or.at(self.user_filter, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
-                sorted_path = path.with_suffix(".arrow")
-                with ipc.new_file(str(sorted_path), _IMPRESSION_SCHEMA) as writer:
-                    writer.write_table(table.cast(_IMPRESSION_SCHEMA))
-                sorted_paths.append(sorted_path)
-                self.sizes.append(sizes)
-                update(1)
+                    update(1)
         self.user_buckets = sorted_paths
         self.n_impressions = sum(size["rows"] for size in self.sizes)
         self.n_users = sum(size["users"] for size in self.sizes)
@@ -888,6 +867,57 @@ class _Preparer:
                 f"{self.folder}: no impression is left after min_impressions={self.options.min_impressions}; "
                 "see the counts:\n" + format_counts(self.counts)
             )
+
+    def _sort_bucket(self, path: Path) -> tuple[Path, dict[str, int], np.ndarray, np.ndarray]:
+        """Sort one user bucket into its ``.arrow`` file; return it, its sizes, and its distinct ads and context pages."""
+        table = _read_stream(path)
+        path.unlink()
+        sizes = {"rows": 0, "users": 0, "shown": 0, "user_items": 0}
+        ads = documents = np.zeros(0, dtype=np.int64)
+        if table.num_rows:
+            table = table.sort_by([("uuid", "ascending"), ("timestamp", "ascending"), ("display_id", "ascending")])
+            starts = _run_starts(table.column("uuid"))
+            lengths = np.diff(np.append(starts, table.num_rows))
+            if self.options.min_impressions > 1:
+                small = lengths < self.options.min_impressions
+                if small.any():
+                    self.add("impressions dropped: user below min_impressions", int(lengths[small].sum()))
+                    self.add("users dropped: below min_impressions", int(small.sum()))
+                    table = table.filter(pa.array(np.repeat(~small, lengths)))
+                    lengths = lengths[~small]
+        table = table.combine_chunks()
+        if table.num_rows:
+            user_of_row = np.repeat(np.arange(len(lengths)), lengths)
+            clicked = table.column("clicked").to_numpy()
+            shown = table.column("shown").combine_chunks()
+            flat = shown.flatten().to_numpy()
+            timestamp = table.column("timestamp").to_numpy()
+            small_ids = len(clicked) == 0 or (clicked.min() >= 0 and clicked.max() < (1 << 40))
+            item_codes = clicked.astype(np.int64) if small_ids else _dense(clicked)
+            sizes = {
+                "rows": table.num_rows,
+                "users": len(lengths),
+                "shown": len(flat),
+                "user_items": len(_sorted_unique(user_of_row.astype(np.int64) * (1 << 40) + item_codes)),
+            }
+            ads = _sorted_unique(flat)
+            documents = _sorted_unique(table.column("document_id").to_numpy())
+            bins = (timestamp - self.time_min) // self.bin_width
+            widths = pc.binary_length(table.column("uuid").cast(pa.binary()))
+            slots = None
+            if self.use_page_views:
+                slots = self._filter_slots(
+                    uuid_prefix_keys(table.column("uuid").take(pa.array(_run_starts(table.column("uuid")))))
+                )
+            with self.lock:
+                np.add.at(self.histogram, bins, 1)
+                self.id_width = max(self.id_width, int(pc.max(widths).as_py() or 1))
+                if slots is not None:
+                    np.bitwise_or.at(self.user_filter, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
+        sorted_path = path.with_suffix(".arrow")
+        with ipc.new_file(str(sorted_path), _IMPRESSION_SCHEMA) as writer:
+            writer.write_table(table.cast(_IMPRESSION_SCHEMA))
+        return sorted_path, sizes, ads, documents
 
     def _filter_slots(self, keys: np.ndarray) -> np.ndarray:
         """Bit positions of uuid prefix keys in the bitset of users with impressions (a multiplicative hash)."""
@@ -1326,23 +1356,39 @@ def _document_token_rows(
 ) -> None:
     """Stream one document file, handing ``consume(prefix, rows)`` the token rows of ``documents``, one chunk at a time.
 
-    ``rows`` has the columns ``document_id``, ``value`` (the token's id) and ``weight``; nothing is kept between chunks.
+    ``rows`` has the columns ``document_id``, ``value`` (the token's id) and ``weight``; nothing is kept between
+    chunks. A confidence outside [0, 1] is an error naming the line; a confidence of 0 gives no token.
+
+    :param documents: the sorted, distinct document ids wanted.
     """
     path = folder / file_name
-    keep = _keep_confident(path, documents) if file_name != "documents_meta.csv" else _keep_ids("document_id", documents)
+    for batch in stream_csv(path, FILE_COLUMNS[file_name], chunk_rows=chunk_rows):
+        wanted = _in_sorted(batch["document_id"], documents)
+        if "confidence_level" in batch:
+            confidence = batch["confidence_level"]
+            invalid = (confidence < 0) | (confidence > 1) | np.isnan(confidence)
+            if invalid.any():
+                from recsys_gym.data.interactions import line_of_row
 
-    def each_chunk(chunk: pd.DataFrame) -> pd.DataFrame:
-        chunk = keep(chunk)
+                first = int(np.flatnonzero(invalid)[0])
+                raise DataError(
+                    f"{path}: line {line_of_row(path, batch['_row'] + first)} column 'confidence_level' holds "
+                    f"{confidence[first]}, expected a number in [0, 1]"
+                )
+            wanted &= confidence > 0
+        if not wanted.any():
+            continue
         for column, prefix, weight_column in _DOCUMENT_TOKENS[file_name]:
-            known = chunk.loc[chunk[column].notna()]
-            if len(known):
-                weights = known[weight_column].to_numpy(np.float64) if weight_column else np.ones(len(known))
-                values = known[column] if file_name == "documents_entities.csv" else known[column].astype("int64")
-                tokens = pd.DataFrame({"document_id": known["document_id"].to_numpy(), "value": values, "weight": weights})
-                consume(prefix, tokens)
-        return chunk.iloc[:0]
-
-    read_csv_checked(path, FILE_COLUMNS[file_name], chunksize=chunk_rows, transform=each_chunk)
+            values = batch[column]
+            if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                known = wanted & ~values.is_null().to_numpy(zero_copy_only=False)
+                values = np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
+            else:
+                known = wanted & ~np.isnan(values.astype(np.float64))
+            if known.any():
+                weights = batch[weight_column][known] if weight_column else np.ones(int(known.sum()))
+                chosen = values[known] if values.dtype == object else values[known].astype(np.int64)
+                consume(prefix, pd.DataFrame({"document_id": batch["document_id"][known], "value": chosen, "weight": weights}))
 
 
 def _streamed_content_vectors(
@@ -1402,8 +1448,17 @@ def _streamed_content_vectors(
         landing_rows.append(rows.assign(token=prefix + ":" + rows["value"].astype(str))[["document_id", "token", "weight"]])
 
     document_files = [name for name in _DOCUMENT_TOKENS if name not in missing]
-    for file_name in document_files:
-        _document_token_rows(folder, file_name, landing, chunk_rows, keep_landing)
+    threads = max(1, min(2, os.cpu_count() or 1))
+
+    def each_file(documents: np.ndarray, consume: Callable[[str, pd.DataFrame], None]) -> None:
+        # The document files are independent: two at a time (parsing and NumPy work release the GIL).
+        with ThreadPoolExecutor(threads) as pool:
+            for done in [
+                pool.submit(_document_token_rows, folder, name, documents, chunk_rows, consume) for name in document_files
+            ]:
+                done.result()
+
+    each_file(landing, keep_landing)
     tokens_of_pages = (
         pd.concat(landing_rows, ignore_index=True)
         if landing_rows
@@ -1439,9 +1494,10 @@ def _streamed_content_vectors(
     # Each token's column, per prefix, and its contribution (IDF times its basis row).
     contribution = idf[:, None] * right.T
     lookup: dict[str, tuple[pd.Index, np.ndarray]] = {}
+    column_tokens = [str(token) for token in columns.tolist()]
     for prefix in {prefix for specs in _DOCUMENT_TOKENS.values() for _, prefix, _ in specs}:
-        chosen = [index for index, token in enumerate(columns) if token.startswith(prefix + ":")]
-        values = [columns[index][len(prefix) + 1 :] for index in chosen]
+        chosen = [index for index, token in enumerate(column_tokens) if token.startswith(prefix + ":")]
+        values = [column_tokens[index][len(prefix) + 1 :] for index in chosen]
         # Entity ids are text; every other token id is an integer, looked up as one (no string per row)
         known = pd.Index(values) if prefix == "entity" else pd.Index(np.asarray(values, dtype=np.int64))
         lookup[prefix] = (known, np.asarray(chosen, dtype=np.int64))
@@ -1449,6 +1505,7 @@ def _streamed_content_vectors(
     # Pass 2: the context pages and pages read, accumulated chunk by chunk.
     targets = np.union1d(context_ids, page_ids).astype(np.int64)
     totals = np.zeros((len(targets), right.shape[0]))
+    lock = threading.Lock()
 
     def project(prefix: str, rows: pd.DataFrame) -> None:
         known_values, known_columns = lookup[prefix]
@@ -1457,12 +1514,16 @@ def _streamed_content_vectors(
         hit = position >= 0
         if hit.any():
             target_rows = np.searchsorted(targets, rows["document_id"].to_numpy(dtype=np.int64)[hit])
-            shares = rows["weight"].to_numpy(np.float64)[hit, None] * contribution[known_columns[position[hit]]]
-            np.add.at(totals, target_rows, shares)
+            weights = sparse.csr_matrix(
+                (rows["weight"].to_numpy(np.float64)[hit], (target_rows, known_columns[position[hit]])),
+                shape=(len(targets), len(columns)),
+            )
+            share = weights @ contribution
+            with lock:
+                totals[:] += share
 
     if len(targets):
-        for file_name in document_files:
-            _document_token_rows(folder, file_name, targets, chunk_rows, project)
+        each_file(targets, project)
     totals = _normalise_rows(totals)
     return item_vectors, totals[np.searchsorted(targets, context_ids)], totals[np.searchsorted(targets, page_ids)]
 
