@@ -1441,11 +1441,29 @@ def _streamed_content_vectors(
         return None
     landing = np.unique(promoted["document_id"].to_numpy(dtype=np.int64))
 
-    # Pass 1: the landing pages' token rows, as (ad, token string, weight).
+    # One pass over the document files: the landing pages' token rows as (document, token string, weight), and
+    # the context pages' and pages read as compact keys (document, prefix, token id or hash, weight) until the
+    # reduction is known. Both are catalogue-sized.
+    targets = np.union1d(context_ids, page_ids).astype(np.int64)
+    prefixes = sorted({prefix for specs in _DOCUMENT_TOKENS.values() for _, prefix, _ in specs})
     landing_rows: list[pd.DataFrame] = []
+    target_rows: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []
 
-    def keep_landing(prefix: str, rows: pd.DataFrame) -> None:
-        landing_rows.append(rows.assign(token=prefix + ":" + rows["value"].astype(str))[["document_id", "token", "weight"]])
+    def keep_rows(prefix: str, rows: pd.DataFrame) -> None:
+        documents = rows["document_id"].to_numpy(dtype=np.int64)
+        for_items = _in_sorted(documents, landing)
+        if for_items.any():
+            chosen = rows.loc[for_items]
+            landing_rows.append(
+                chosen.assign(token=prefix + ":" + chosen["value"].astype(str))[["document_id", "token", "weight"]]
+            )
+        for_pages = _in_sorted(documents, targets)
+        if for_pages.any():
+            keys = _token_keys(prefix, rows["value"].to_numpy()[for_pages])
+            weights = rows["weight"].to_numpy(np.float32)[for_pages]
+            target_rows.append(
+                (np.searchsorted(targets, documents[for_pages]).astype(np.int32), prefixes.index(prefix), keys, weights)
+            )
 
     document_files = [name for name in _DOCUMENT_TOKENS if name not in missing]
     threads = max(1, min(2, os.cpu_count() or 1))
@@ -1458,7 +1476,7 @@ def _streamed_content_vectors(
             ]:
                 done.result()
 
-    each_file(landing, keep_landing)
+    each_file(np.union1d(landing, targets), keep_rows)
     tokens_of_pages = (
         pd.concat(landing_rows, ignore_index=True)
         if landing_rows
@@ -1493,39 +1511,35 @@ def _streamed_content_vectors(
 
     # Each token's column, per prefix, and its contribution (IDF times its basis row).
     contribution = idf[:, None] * right.T
-    lookup: dict[str, tuple[pd.Index, np.ndarray]] = {}
+    lookup: dict[int, tuple[pd.Index, np.ndarray]] = {}
     column_tokens = [str(token) for token in columns.tolist()]
-    for prefix in {prefix for specs in _DOCUMENT_TOKENS.values() for _, prefix, _ in specs}:
+    for code, prefix in enumerate(prefixes):
         chosen = [index for index, token in enumerate(column_tokens) if token.startswith(prefix + ":")]
         values = [column_tokens[index][len(prefix) + 1 :] for index in chosen]
-        # Entity ids are text; every other token id is an integer, looked up as one (no string per row)
-        known = pd.Index(values) if prefix == "entity" else pd.Index(np.asarray(values, dtype=np.int64))
-        lookup[prefix] = (known, np.asarray(chosen, dtype=np.int64))
+        keys = _token_keys(prefix, np.asarray(values, dtype=object if prefix == "entity" else np.int64))
+        lookup[code] = (pd.Index(keys), np.asarray(chosen, dtype=np.int64))
 
-    # Pass 2: the context pages and pages read, accumulated chunk by chunk.
-    targets = np.union1d(context_ids, page_ids).astype(np.int64)
+    # The context pages and pages read, projected from their kept rows; tokens no ad has are ignored.
     totals = np.zeros((len(targets), right.shape[0]))
-    lock = threading.Lock()
-
-    def project(prefix: str, rows: pd.DataFrame) -> None:
-        known_values, known_columns = lookup[prefix]
-        values = rows["value"].astype(str) if prefix == "entity" else rows["value"].to_numpy(dtype=np.int64)
-        position = known_values.get_indexer(pd.Index(values))
+    for rows, code, keys, weights in target_rows:
+        known_keys, known_columns = lookup[code]
+        position = known_keys.get_indexer(pd.Index(keys))
         hit = position >= 0
         if hit.any():
-            target_rows = np.searchsorted(targets, rows["document_id"].to_numpy(dtype=np.int64)[hit])
-            weights = sparse.csr_matrix(
-                (rows["weight"].to_numpy(np.float64)[hit], (target_rows, known_columns[position[hit]])),
+            shares = sparse.csr_matrix(
+                (weights[hit].astype(np.float64), (rows[hit], known_columns[position[hit]])),
                 shape=(len(targets), len(columns)),
             )
-            share = weights @ contribution
-            with lock:
-                totals[:] += share
-
-    if len(targets):
-        each_file(targets, project)
+            totals += shares @ contribution
     totals = _normalise_rows(totals)
     return item_vectors, totals[np.searchsorted(targets, context_ids)], totals[np.searchsorted(targets, page_ids)]
+
+
+def _token_keys(prefix: str, values: np.ndarray) -> np.ndarray:
+    """64-bit keys of token ids: the id itself, or a hash of the text for entity ids (text in Kaggle's files)."""
+    if prefix == "entity":
+        return pd.util.hash_array(np.asarray(values, dtype=object).astype(str).astype(object)).view(np.int64)
+    return np.asarray(values, dtype=np.int64)
 
 
 class _NpyWriter:
