@@ -534,13 +534,18 @@ class _Preparer:
         _pause_if_asked("after_sort", self.tmp_dir)
         if self.use_page_views:
             self.partition_page_views()
-        cut_time = self.split_point()
-        self.write_arrays(cut_time)
-        _pause_if_asked("after_write", self.tmp_dir)
-        # The co-click and the content embeddings need only the written arrays: computed side by side.
+        # Without page views the documents whose content is needed are known now: read them while the arrays are
+        # written (the reduction itself waits for the training counts).
         with ThreadPoolExecutor(min(2, self.n_threads)) as pool:
+            early = None
+            if not self.use_page_views and self.options.content_dim > 0:
+                early = pool.submit(_read_document_rows, self.folder, self.ads, self.documents, self.chunk_rows, self.notes)
+            cut_time = self.split_point()
+            self.write_arrays(cut_time)
+            _pause_if_asked("after_write", self.tmp_dir)
+            # The co-click and the content embeddings need only the written arrays: computed side by side.
             cf_job = pool.submit(self.cf_embedding)
-            content_items, content_contexts, content_pages = self.content_features()
+            content_items, content_contexts, content_pages = self.content_features(None if early is None else early.result())
             cf = cf_job.result()
         page_view_names = self.page_view_features(content_pages)
         count_features = _count_features(self.item_train_clicks, self.item_train_shown)
@@ -1219,9 +1224,10 @@ class _Preparer:
         return gram
 
     # -- phase 8 -------------------------------------------------------------------------------
-    def content_features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def content_features(self, rows: _DocumentRows | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Phase 8: content vectors of ads, context pages and pages read, the reduction learned on the training split's ads.
 
+        :param rows: the document rows already read for the context pages (without page views); ``None`` reads them.
         :return: vectors of every item (n_items, d), context (n_contexts, d) and document of
             ``self.page_documents`` (n_documents, d); ``d = 0`` when content is off or missing.
         """
@@ -1230,17 +1236,14 @@ class _Preparer:
         if self.options.content_dim == 0:
             return nothing
         with self.bar("content files", None, "file"):
-            vectors = _streamed_content_vectors(
-                self.folder,
-                self.item_ids,
-                self.item_train_shown > 0,
-                self.context_ids,
-                self.page_documents,
-                self.options.content_dim,
-                self.chunk_rows,
-                self.notes,
+            if rows is None:
+                targets = np.union1d(self.context_ids, self.page_documents).astype(np.int64)
+                rows = _read_document_rows(self.folder, self.item_ids, targets, self.chunk_rows, self.notes)
+            if rows is None:
+                return nothing
+            return _streamed_content_vectors(
+                rows, self.item_ids, self.item_train_shown > 0, self.context_ids, self.page_documents, self.options.content_dim
             )
-        return nothing if vectors is None else vectors
 
     # -- phase 9, last part --------------------------------------------------------------------
     def page_view_features(self, page_vectors: np.ndarray) -> list[str]:
@@ -1391,39 +1394,22 @@ def _document_token_rows(
                 consume(prefix, pd.DataFrame({"document_id": batch["document_id"][known], "value": chosen, "weight": weights}))
 
 
-def _streamed_content_vectors(
-    folder: Path,
-    item_ids: np.ndarray,
-    fit: np.ndarray,
-    context_ids: np.ndarray,
-    page_ids: np.ndarray,
-    dim: int,
-    chunk_rows: int,
-    notes: list[str],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Content vectors of ads, context pages and pages read, streaming the document files twice.
+def _read_document_rows(
+    folder: Path, ad_ids: np.ndarray, targets: np.ndarray, chunk_rows: int, notes: list[str]
+) -> _DocumentRows | None:
+    """Read what the content features need from the optional files, in one pass over the document files.
 
-    The first pass keeps the token rows of the ads' landing pages only (catalogue-sized); with each ad's
-    campaign and advertiser they make the item-token matrix, whose columns are the ads' tokens in string
-    order (``"topic:12"``...). The reduction is learned from the ads in ``fit``: IDF weights, then an
-    IDF-weighted truncated SVD. The second pass projects the context pages and pages read on it chunk by
-    chunk, adding each token row's share into its document's vector; tokens no ad has are ignored.
+    Keeps the ads' landing, campaign and advertiser (``promoted_content.csv``), the token rows of their
+    landing pages as strings, and the token rows of ``targets`` (context pages and pages read) as compact
+    keys until the reduction is known: all catalogue-sized.
 
     :param folder: the raw folder.
-    :param item_ids: ad id of every item index.
-    :param fit: mask over items: those the reduction is learned from.
-    :param context_ids: sorted document ids of the context pages.
-    :param page_ids: sorted document ids of the pages read (``page_views.csv``).
-    :param dim: the most dimensions.
+    :param ad_ids: the ads of the log (any order).
+    :param targets: sorted, distinct document ids whose vectors are wanted.
     :param chunk_rows: rows parsed per chunk.
     :param notes: where missing optional files are noted.
-    :return: item (n_items, d), context (n_contexts, d) and page (n_pages, d) vectors, rows of unit length or
-        zero; ``None`` when no ad has content (no ``promoted_content.csv``, or none of its ads in the log).
+    :return: the rows, or ``None`` when no ad has content (no ``promoted_content.csv``, or none of its ads in the log).
     """
-    from scipy import sparse
-
-    from recsys_gym.data.dataset import _truncated_svd
-
     missing = note_missing_optional_files(folder, notes)
     if "promoted_content.csv" in missing:
         return None
@@ -1431,7 +1417,7 @@ def _streamed_content_vectors(
     # The ads' landing pages, campaigns and advertisers.
     path = folder / "promoted_content.csv"
     promoted = read_csv_checked(
-        path, FILE_COLUMNS["promoted_content.csv"], chunksize=chunk_rows, transform=_keep_ids("ad_id", item_ids)
+        path, FILE_COLUMNS["promoted_content.csv"], chunksize=chunk_rows, transform=_keep_ids("ad_id", ad_ids)
     )
     repeated = promoted["ad_id"].duplicated().to_numpy()
     if repeated.any():
@@ -1444,7 +1430,6 @@ def _streamed_content_vectors(
     # One pass over the document files: the landing pages' token rows as (document, token string, weight), and
     # the context pages' and pages read as compact keys (document, prefix, token id or hash, weight) until the
     # reduction is known. Both are catalogue-sized.
-    targets = np.union1d(context_ids, page_ids).astype(np.int64)
     prefixes = sorted({prefix for specs in _DOCUMENT_TOKENS.values() for _, prefix, _ in specs})
     landing_rows: list[pd.DataFrame] = []
     target_rows: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []
@@ -1481,6 +1466,49 @@ def _streamed_content_vectors(
         pd.concat(landing_rows, ignore_index=True)
         if landing_rows
         else pd.DataFrame({"document_id": [], "token": [], "weight": []})
+    )
+    return _DocumentRows(promoted, tokens_of_pages, target_rows, targets, prefixes)
+
+
+@dataclass
+class _DocumentRows:
+    """What :func:`_read_document_rows` keeps for the content features."""
+
+    promoted: pd.DataFrame
+    landing_tokens: pd.DataFrame
+    target_rows: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]
+    targets: np.ndarray
+    prefixes: list[str]
+
+
+def _streamed_content_vectors(
+    rows: _DocumentRows, item_ids: np.ndarray, fit: np.ndarray, context_ids: np.ndarray, page_ids: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Content vectors of ads, context pages and pages read from the rows of :func:`_read_document_rows`.
+
+    The ads' tokens (landing page, campaign, advertiser) make the item-token matrix, whose columns are the
+    tokens in string order (``"topic:12"``...). The reduction is learned from the ads in ``fit``: IDF
+    weights, then an IDF-weighted truncated SVD; every ad, context page and page read is projected on it
+    (tokens no ad has are ignored).
+
+    :param rows: the rows read; their ``targets`` must hold ``context_ids`` and ``page_ids``.
+    :param item_ids: ad id of every item index.
+    :param fit: mask over items: those the reduction is learned from.
+    :param context_ids: sorted document ids of the context pages.
+    :param page_ids: sorted document ids of the pages read (``page_views.csv``).
+    :param dim: the most dimensions.
+    :return: item (n_items, d), context (n_contexts, d) and page (n_pages, d) vectors, rows of unit length or zero.
+    """
+    from scipy import sparse
+
+    from recsys_gym.data.dataset import _truncated_svd
+
+    promoted, tokens_of_pages, target_rows, targets, prefixes = (
+        rows.promoted,
+        rows.landing_tokens,
+        rows.target_rows,
+        rows.targets,
+        rows.prefixes,
     )
     ads = promoted[["ad_id", "document_id"]].merge(tokens_of_pages, on="document_id", how="inner", sort=False)
     item_table = pd.concat(
@@ -1521,13 +1549,13 @@ def _streamed_content_vectors(
 
     # The context pages and pages read, projected from their kept rows; tokens no ad has are ignored.
     totals = np.zeros((len(targets), right.shape[0]))
-    for rows, code, keys, weights in target_rows:
+    for target_index, code, keys, weights in target_rows:
         known_keys, known_columns = lookup[code]
         position = known_keys.get_indexer(pd.Index(keys))
         hit = position >= 0
         if hit.any():
             shares = sparse.csr_matrix(
-                (weights[hit].astype(np.float64), (rows[hit], known_columns[position[hit]])),
+                (weights[hit].astype(np.float64), (target_index[hit], known_columns[position[hit]])),
                 shape=(len(targets), len(columns)),
             )
             totals += shares @ contribution
