@@ -231,3 +231,11 @@ def _git_state() -> str:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def write_report(out: Path, name: str, lines: list[str], metadata: dict[str, Any]) -> None:
+    """Write a benchmark's Markdown report, stamp ``run.json`` with the finishing time, and print the report."""
+    (out / name).write_text("\n".join(lines), encoding="utf-8")
+    metadata["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    write_json(out / "run.json", metadata)
+    print("\n".join(lines))

@@ -41,7 +41,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import run_metadata, write_json
+from common import run_metadata, write_json, write_report
 
 from recsys_gym.data.synthetic import generate_outbrain
 
@@ -287,10 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows, optional) is left out of it.",
         "",
     ]
-    (out / "prepare.md").write_text("\n".join(lines), encoding="utf-8")
-    metadata["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    write_json(out / "run.json", metadata)
-    print("\n".join(lines))
+    write_report(out, "prepare.md", lines, metadata)
     return 0
 
 

@@ -39,7 +39,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import run_metadata, write_json
+from common import run_metadata, write_json, write_report
 
 import recsys_gym  # noqa: F401  (registers OutbrainRec-v0)
 from dadrl_sb3 import DADRL
@@ -266,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "(n_steps x envs_per_device).",
         "",
     ]
-    (out / "throughput.md").write_text("\n".join(lines), encoding="utf-8")
-    metadata["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    write_json(out / "run.json", metadata)
-    print("\n".join(lines))
+    write_report(out, "throughput.md", lines, metadata)
     return 0
 
 

@@ -41,7 +41,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, SupportsIndex, overload
@@ -805,30 +805,24 @@ def load_dataset(
             test_fraction=test_fraction, content_dim=content_dim, cf_dim=cf_dim, **dict(prepare_options or {})
         )
         cache_path = cache_path_for(dataset, source, asdict(prepare), cache_root)
-        with _LOAD_LOCK:
-            if str(cache_path) in _LOADED:
-                return _LOADED[str(cache_path)]
-            if not _is_trusted(cache_path):
-                if cache_path.exists():
-                    logger.warning("the cache %s is incomplete or changed since it was written; rebuilding it", cache_path)
-                prepare_outbrain(source, cache_path, options=prepare, progress=False)
-            loaded = CompactDataset(cache_path)
-            _LOADED[str(cache_path)] = loaded
-            return loaded
+        return _load_or_build(cache_path, lambda: prepare_outbrain(source, cache_path, options=prepare, progress=False))
     if prepare_options:
         raise ValueError(f"prepare_options only applies to dataset='outbrain', got dataset={dataset!r}")
 
     # The cache key covers the source files' names, sizes and times, the options and the layout version.
     cache_path = cache_path_for(dataset, source, {**asdict(options), "min_rating": min_rating}, cache_root)
+    return _load_or_build(cache_path, lambda: build_dataset(_read_source(dataset, source, min_rating), cache_path, options))
 
+
+def _load_or_build(cache_path: Path, build: Callable[[], Any]) -> CompactDataset:
+    """The dataset of ``cache_path``, mapped once per process; ``build()`` writes it first when it is missing or untrusted."""
     with _LOAD_LOCK:
         if str(cache_path) in _LOADED:
             return _LOADED[str(cache_path)]
         if not _is_trusted(cache_path):
             if cache_path.exists():
                 logger.warning("the cache %s is incomplete or changed since it was written; rebuilding it", cache_path)
-            raw = _read_source(dataset, source, min_rating)
-            build_dataset(raw, cache_path, options)
+            build()
         loaded = CompactDataset(cache_path)
         _LOADED[str(cache_path)] = loaded
         return loaded
