@@ -133,11 +133,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> pd.DataFrame:
     """Train and evaluate every (seed, method) pair and write the result files."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # The checkout's state is read before old results go, or removing committed ones would mark it "+dirty".
+    metadata = run_metadata(argv, args.seeds)
     # Results of an earlier run in the same folder would sit beside this run's: remove them first.
     for name in RESULT_FILES:
         (out / name).unlink(missing_ok=True)
     env_kwargs: dict[str, Any] = {"dataset": args.dataset, "data_dir": args.data_dir, "negatives": args.negatives}
-    metadata = run_metadata(argv, args.seeds)
 
     # Load (or build) the data once up front, so a bad path fails before any training.
     probe = gym.make("OutbrainRec-v0", **env_kwargs, k=min(args.ks))
