@@ -54,14 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     outbrain.add_argument(
         "--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help=f"rows parsed at a time (default {DEFAULT_CHUNK_ROWS:,})"
     )
-    outbrain.add_argument("--quiet", action="store_true", help="no progress bars and no log lines")
+    outbrain.add_argument(
+        "--quiet", action="store_true", help="no progress bars and no log lines; the counts and notes are printed at the end"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``recsys-gym``; return the exit status (0 done, 1 bad input or options)."""
+    """Run ``recsys-gym``; return the exit status (0 done, 1 bad input or options, 130 interrupted)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Quiet: errors only (the notes and counts are printed below); else each phase and the counts are logged.
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from recsys_gym.data.prepare import PrepareOptions, format_counts, prepare_outbrain
 
     try:
@@ -88,9 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, MissingDataError, ValueError) as err:
         print(f"recsys-gym prepare outbrain: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("recsys-gym prepare outbrain: interrupted; no cache was written (a later run starts afresh)", file=sys.stderr)
+        return 130
     print(f"prepared {dataset.path}")
-    print("read, dropped and kept:")
-    print(format_counts(dataset.manifest.get("prepare_counts", {})))
+    if args.quiet:
+        # Without --quiet the log above already holds the counts.
+        print("read, dropped and kept:")
+        print(format_counts(dataset.manifest.get("prepare_counts", {})))
     for note in dataset.manifest.get("notes", []):
         print(f"note: {note}")
     print("dataset: " + ", ".join(f"{key}={value}" for key, value in dataset.summary().items()))

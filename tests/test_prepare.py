@@ -215,7 +215,9 @@ def test_load_dataset_uses_the_pipeline_and_rebuilds_a_tampered_cache(
         dataset_module._LOADED.clear()
         with caplog.at_level(logging.WARNING):
             again = load_dataset("outbrain", generated, cache_dir=cache, prepare_options={"min_impressions": 2})
-        assert "is incomplete or changed since it was written; rebuilding it" in caplog.text
+        assert "is incomplete or changed since it was written" in caplog.text and "rebuilding it" in caplog.text
+        expected = "shown_items.npy changed since it was written" if damage == "flip" else "shown_items.npy has "
+        assert expected in caplog.text
         caplog.clear()
         assert again.path == first.path
         for name, array in clean.items():
@@ -279,3 +281,28 @@ def test_command_line_prints_the_counts(tmp_path: Path, capsys: pytest.CaptureFi
     assert "users=2, items=4, impressions=3" in printed
     assert main(["prepare", "outbrain", "--raw", str(tmp_path / "none"), "--quiet"]) == 1
     assert "error: raw_dir=" in capsys.readouterr().err
+
+
+def test_a_prepared_folder_is_a_data_dir_and_a_damaged_one_is_refused(generated: Path, tmp_path: Path) -> None:
+    import gymnasium as gym
+
+    from recsys_gym.error import CacheError
+
+    out = tmp_path / "prepared"
+    prepared = prepare_outbrain(generated, out, progress=False)
+    dataset_module._LOADED.clear()
+    env = gym.make("OutbrainRec-v0", data_dir=out, negatives="shown")
+    assert env.unwrapped.dataset.path == prepared.path
+    assert env.unwrapped.dataset.n_impressions == prepared.n_impressions == 3361
+    env.close()
+    # A flipped byte: refused with the file named and the command that prepares it again.
+    target = out / "imp_clicked.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0x01
+    target.chmod(0o644)
+    target.write_bytes(bytes(data))
+    dataset_module._LOADED.clear()
+    with pytest.raises(
+        CacheError, match=r"prepared cache that cannot be trusted: imp_clicked\.npy changed.*recsys-gym prepare"
+    ):
+        gym.make("OutbrainRec-v0", data_dir=out)

@@ -724,22 +724,35 @@ def _is_trusted(path: Path, *, check_digests: bool = True) -> bool:
     :param path: the cache directory.
     :param check_digests: also hash every array and compare with the manifest (reads every byte once).
     """
+    return untrusted_reason(path, check_digests=check_digests) is None
+
+
+def untrusted_reason(path: Path, *, check_digests: bool = True) -> str | None:
+    """Why a cache directory cannot be trusted (its first fault, naming the file), or ``None`` when it can.
+
+    :param path: the cache directory.
+    :param check_digests: also hash every array and compare with the manifest (reads every byte once).
+    """
     try:
         manifest = _read_manifest(path)
-    except (CacheError, json.JSONDecodeError, OSError):
-        return False
+    except (CacheError, json.JSONDecodeError, OSError) as err:
+        return f"its manifest.json cannot be read ({err})"
     if manifest.get("cache_version") != CACHE_VERSION:
-        return False
+        return f"it has layout version {manifest.get('cache_version')!r}, this code writes {CACHE_VERSION}"
     sizes = manifest.get("array_bytes", {})
     digests = manifest.get("array_blake2b", {})
     for name in _ARRAY_NAMES:
         file = path / f"{name}.npy"
-        if not file.is_file() or file.stat().st_size != sizes.get(name):
-            return False
+        if not file.is_file():
+            return f"{file.name} is missing"
+        if file.stat().st_size != sizes.get(name):
+            return f"{file.name} has {file.stat().st_size} bytes, the manifest says {sizes.get(name)}"
     if check_digests:
         found = _digests({name: path / f"{name}.npy" for name in _ARRAY_NAMES})
-        return all(found[name] == digests.get(name) for name in _ARRAY_NAMES)
-    return True
+        for name in _ARRAY_NAMES:
+            if found[name] != digests.get(name):
+                return f"{name}.npy changed since it was written (its BLAKE2b digest differs from the manifest's)"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -797,6 +810,10 @@ def load_dataset(
     # Resolve the source: the built-in generator, the recbole wheel's MovieLens, or the given path.
     source = _resolve_source(dataset, data_dir, cache_root, synthetic_kwargs)
 
+    # A folder written by `recsys-gym prepare outbrain --out` is used as it is, once its checks pass.
+    if dataset == "outbrain" and data_dir is not None and (source / "manifest.json").is_file():
+        return _load_prepared(source)
+
     # Outbrain's files go through the streaming preparation, with its own options in the cache key.
     if dataset == "outbrain":
         from recsys_gym.data.prepare import PrepareOptions, prepare_outbrain
@@ -814,14 +831,33 @@ def load_dataset(
     return _load_or_build(cache_path, lambda: build_dataset(_read_source(dataset, source, min_rating), cache_path, options))
 
 
+def _load_prepared(folder: Path) -> CompactDataset:
+    """A prepared cache folder given as ``data_dir``: mapped when it passes every check, else a clear error."""
+    with _LOAD_LOCK:
+        if str(folder) in _LOADED:
+            return _LOADED[str(folder)]
+        reason = untrusted_reason(folder)
+        if reason is not None:
+            raise CacheError(
+                f"data_dir={str(folder)!r} is a prepared cache that cannot be trusted: {reason}; prepare it again with "
+                "`recsys-gym prepare outbrain --raw <folder of the Kaggle files> --out <folder>`"
+            )
+        loaded = CompactDataset(folder)
+        _LOADED[str(folder)] = loaded
+        return loaded
+
+
 def _load_or_build(cache_path: Path, build: Callable[[], Any]) -> CompactDataset:
     """The dataset of ``cache_path``, mapped once per process; ``build()`` writes it first when it is missing or untrusted."""
     with _LOAD_LOCK:
         if str(cache_path) in _LOADED:
             return _LOADED[str(cache_path)]
-        if not _is_trusted(cache_path):
+        reason = untrusted_reason(cache_path) if cache_path.exists() else "it does not exist"
+        if reason is not None:
             if cache_path.exists():
-                logger.warning("the cache %s is incomplete or changed since it was written; rebuilding it", cache_path)
+                logger.warning(
+                    "the cache %s is incomplete or changed since it was written (%s); rebuilding it", cache_path, reason
+                )
             build()
         loaded = CompactDataset(cache_path)
         _LOADED[str(cache_path)] = loaded

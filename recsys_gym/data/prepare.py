@@ -545,7 +545,8 @@ class _Preparer:
             _pause_if_asked("after_write", self.tmp_dir)
             # The co-click and the content embeddings need only the written arrays: computed side by side.
             cf_job = pool.submit(self.cf_embedding)
-            content_items, content_contexts, content_pages = self.content_features(None if early is None else early.result())
+            read = None if early is None else (early.result(),)
+            content_items, content_contexts, content_pages = self.content_features(read)
             cf = cf_job.result()
         page_view_names = self.page_view_features(content_pages)
         count_features = _count_features(self.item_train_clicks, self.item_train_shown)
@@ -739,7 +740,8 @@ class _Preparer:
                 raise DataError(
                     f"{self.clicks_path}: display_id {bad} has {int(n_clicked[first])} clicked ad(s) in its "
                     f"{int((display == bad).sum())} row(s) (the first on line {_line_of_display(self.clicks_path, bad)}), "
-                    "expected exactly one row with clicked=1 per display (on_bad_lines='skip' drops such displays)"
+                    "expected exactly one row with clicked=1 per display "
+                    "(on_bad_lines='skip', or --skip-bad-lines on the command line, drops such displays)"
                 )
             self.add("displays dropped: no clicked ad (skip mode)", int((n_clicked == 0).sum()))
             self.add("displays dropped: two or more clicked ads (skip mode)", int((n_clicked > 1).sum()))
@@ -768,7 +770,7 @@ class _Preparer:
                 raise DataError(
                     f"{self.events_path}: display_id {bad} has two different rows (the first on line "
                     f"{_line_of_display(self.events_path, bad)}); expected one event per display "
-                    "(on_bad_lines='skip' drops such displays)"
+                    "(on_bad_lines='skip', or --skip-bad-lines on the command line, drops such displays)"
                 )
             self.add("displays dropped: conflicting events (skip mode)", len(conflicting))
             keep = ~repeated & ~np.isin(event_display, conflicting)
@@ -1224,10 +1226,11 @@ class _Preparer:
         return gram
 
     # -- phase 8 -------------------------------------------------------------------------------
-    def content_features(self, rows: _DocumentRows | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def content_features(self, read: tuple[_DocumentRows | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Phase 8: content vectors of ads, context pages and pages read, the reduction learned on the training split's ads.
 
-        :param rows: the document rows already read for the context pages (without page views); ``None`` reads them.
+        :param read: the result of :func:`_read_document_rows` already run for the context pages (without page
+            views), as a 1-tuple; ``None`` reads the files now.
         :return: vectors of every item (n_items, d), context (n_contexts, d) and document of
             ``self.page_documents`` (n_documents, d); ``d = 0`` when content is off or missing.
         """
@@ -1236,9 +1239,10 @@ class _Preparer:
         if self.options.content_dim == 0:
             return nothing
         with self.bar("content files", None, "file"):
-            if rows is None:
+            if read is None:
                 targets = np.union1d(self.context_ids, self.page_documents).astype(np.int64)
-                rows = _read_document_rows(self.folder, self.item_ids, targets, self.chunk_rows, self.notes)
+                read = (_read_document_rows(self.folder, self.item_ids, targets, self.chunk_rows, self.notes),)
+            rows = read[0]
             if rows is None:
                 return nothing
             return _streamed_content_vectors(
