@@ -97,12 +97,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", default="runs/prepare-work", help="folder for the generated data and the prepared caches")
     parser.add_argument("--processes", type=int, default=4, help="processes mapping one cache in the sharing check")
     parser.add_argument("--skip-naive", action="store_true", help="measure the streaming pipeline only")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side on each input (medians are reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/prepare", help="folder for the results")
     args = parser.parse_args(argv)
     small, large = args.sizes
     if not 0 < small < large <= 1:
         parser.error(f"--sizes must be two fractions 0 < small < large <= 1, got {args.sizes}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.processes < 1:
         parser.error(f"--processes must be >= 1, got {args.processes}")
     return args
@@ -202,32 +205,51 @@ def main(argv: list[str] | None = None) -> int:
         sides = {"streaming": [sys.executable, "-m", "recsys_gym", "prepare", "outbrain", "--raw", str(raw), "--quiet"]}
         if not args.skip_naive:
             sides["naive"] = [sys.executable, naive_script, str(raw)]
-        for side, command in sides.items():
-            target = work / f"{side}-{label}"
-            shutil.rmtree(target, ignore_errors=True)
-            full = [*command, "--out", str(target)] if side == "streaming" else [*command, str(target)]
-            seconds, peak_mb, code = run_measured(full, work / f"{side}-{label}.log")
-            if code != 0:
-                log = work / f"{side}-{label}.log"
-                raise SystemExit(f"{side} preparation of {label} failed (exit code {code}); see {log}")
-            rows.append(
-                {
-                    "input": label,
-                    "size": size,
-                    "ads": int(json.loads((raw / "GENERATED.json").read_text(encoding="utf-8"))["n_ads"]),
-                    "side": side,
-                    "input_rows": n_rows,
-                    "clicks_rows": counts.get("clicks_train.csv", 0),
-                    "seconds": seconds,
-                    "peak_mb": peak_mb,
-                    "rows_per_s": n_rows / seconds,
-                }
-            )
-            logger.info("%s, %s: %.1f s, peak %.0f MB, %.0f rows/s", side, label, seconds, peak_mb, n_rows / seconds)
+        # Both sides in turn, --repeats times, so a change of load hits them alike.
+        for repeat in range(args.repeats):
+            for side, command in sides.items():
+                target = work / f"{side}-{label}"
+                shutil.rmtree(target, ignore_errors=True)
+                full = [*command, "--out", str(target)] if side == "streaming" else [*command, str(target)]
+                seconds, peak_mb, code = run_measured(full, work / f"{side}-{label}.log")
+                if code != 0:
+                    log = work / f"{side}-{label}.log"
+                    raise SystemExit(f"{side} preparation of {label} failed (exit code {code}); see {log}")
+                rows.append(
+                    {
+                        "input": label,
+                        "size": size,
+                        "ads": int(json.loads((raw / "GENERATED.json").read_text(encoding="utf-8"))["n_ads"]),
+                        "side": side,
+                        "repeat": repeat,
+                        "input_rows": n_rows,
+                        "clicks_rows": counts.get("clicks_train.csv", 0),
+                        "seconds": seconds,
+                        "peak_mb": peak_mb,
+                        "rows_per_s": n_rows / seconds,
+                    }
+                )
+                logger.info("%s, %s #%d: %.1f s, peak %.0f MB", side, label, repeat, seconds, peak_mb)
 
     # Ratios, the extrapolation to the full data and the sharing check.
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "prepare.csv", index=False)
+    runs = pd.DataFrame(rows)
+    runs.to_csv(out / "prepare.csv", index=False)
+    # Medians over the repeats: seconds, peak memory and the rate.
+    table = (
+        runs.groupby(["input", "side"], sort=False)
+        .agg(
+            size=("size", "first"),
+            ads=("ads", "first"),
+            input_rows=("input_rows", "first"),
+            clicks_rows=("clicks_rows", "first"),
+            seconds=("seconds", "median"),
+            low=("seconds", "min"),
+            high=("seconds", "max"),
+            peak_mb=("peak_mb", "median"),
+        )
+        .reset_index()
+    )
+    table["rows_per_s"] = table["input_rows"] / table["seconds"]
     stream = table[table["side"] == "streaming"].set_index("input")
     small_label, large_label, fixed_label = f"{small:g}", f"{large:g}", f"{small:g}-catalogue-{large:g}"
     growth = stream.loc[large_label, "peak_mb"] / stream.loc[small_label, "peak_mb"] - 1.0
@@ -246,14 +268,15 @@ def main(argv: list[str] | None = None) -> int:
         f"size {small:g} with the catalogue (ads, documents) of size {large:g}",
         f"- machine: {metadata['machine']['cpu_count']} CPUs, {metadata['machine']['platform']}; commit {metadata['git']}",
         f"- command: `{metadata['command']}`",
+        f"- medians of {args.repeats} runs per input and side, the sides taking turns",
         "",
-        "| input | side | ads | input rows | clicks_train rows | seconds | peak memory (MB) | rows/s |",
+        "| input | side | ads | input rows | clicks_train rows | seconds (range) | peak memory (MB) | rows/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
         lines.append(
-            f"| {row.input} | {row.side} | {row.ads:,} | {row.input_rows:,} | {row.clicks_rows:,} | {row.seconds:.1f} | "
-            f"{row.peak_mb:,.0f} | {row.rows_per_s:,.0f} |"
+            f"| {row.input} | {row.side} | {row.ads:,} | {row.input_rows:,} | {row.clicks_rows:,} | "
+            f"{row.seconds:.1f} ({row.low:.1f}–{row.high:.1f}) | {row.peak_mb:,.0f} | {row.rows_per_s:,.0f} |"
         )
     lines += ["", "| measure | value | target |", "|---|---|---|"]
     peak = stream.loc[large_label, "peak_mb"]
