@@ -175,12 +175,23 @@ def test_skip_mode_counts_bad_lines_and_displays(tmp_path: Path) -> None:
     assert counts["clicks_train.csv: malformed lines skipped"] == 2
     assert counts["displays dropped: two or more clicked ads (skip mode)"] == 1
     assert counts["duplicate click rows dropped"] == 1 and counts["duplicate event rows dropped"] == 1
+    # Display 4 lost its only click row (malformed) and counts as a test display; the dropped display 3 does not.
+    assert counts["events skipped: display has no clicks (test displays)"] == 1
 
 
 def test_missing_and_compressed_files_are_named(tmp_path: Path) -> None:
     raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS})
     with pytest.raises(MissingDataError, match=r"has no clicks_train.csv"):
         prepare_outbrain(raw_dir, progress=False)
+    (raw_dir / "clicks_train.csv").mkdir()
+    with pytest.raises(MissingDataError, match=r"clicks_train.csv is a folder, not a file"):
+        prepare_outbrain(raw_dir, progress=False)
+    (raw_dir / "clicks_train.csv").rmdir()
+    # A byte-order mark is named as such, not as a misspelt first column.
+    bom_dir = write_files(tmp_path / "bom", {"events.csv": EVENTS, "clicks_train.csv": GOOD_CLICKS})
+    (bom_dir / "events.csv").write_bytes(b"\xef\xbb\xbf" + EVENTS.encode())
+    with pytest.raises(DataError, match=r"events.csv: the file starts with a UTF-8 byte-order mark"):
+        prepare_outbrain(bom_dir, tmp_path / "bom-out", progress=False)
     with pytest.raises(MissingDataError, match=r"raw_dir='.*nowhere' does not exist"):
         prepare_outbrain(tmp_path / "nowhere", progress=False)
     (raw_dir / "clicks_train.csv").write_bytes(gzip.compress(GOOD_CLICKS.encode()))

@@ -62,6 +62,11 @@ def check_text_file(path: Path) -> None:
     for magic, what, fix in _MAGIC:
         if head.startswith(magic):
             raise DataError(f"{path}: the file is {what}, not CSV text; {fix} and point --raw at the folder of .csv files")
+    if head.startswith(b"\xef\xbb\xbf"):
+        raise DataError(
+            f"{path}: the file starts with a UTF-8 byte-order mark (BOM), which Kaggle's files do not have; save it "
+            f"without one (for example: sed -i '1s/^\\xEF\\xBB\\xBF//' {path.name})"
+        )
     if b"\x00" in head:
         raise DataError(f"{path}: the file holds NUL bytes: it is binary, not CSV text")
     try:

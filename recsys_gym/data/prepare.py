@@ -307,6 +307,10 @@ def prepare_outbrain(
         what = "is not a folder" if folder.exists() else "does not exist"
         raise MissingDataError(f"raw_dir={str(raw_dir)!r} {what}; {_DOWNLOAD_HINT}")
     for required in ("events.csv", "clicks_train.csv"):
+        if (folder / required).exists() and not (folder / required).is_file():
+            raise MissingDataError(
+                f"raw_dir={str(raw_dir)!r}: {required} is a folder, not a file; expected the CSV file there"
+            )
         if not (folder / required).is_file():
             compressed = [path.name for path in folder.glob(f"{required}.*")]
             hint = f" (found {compressed}: unpack it first)" if compressed else ""
@@ -729,6 +733,7 @@ class _Preparer:
             self.add("duplicate click rows dropped", 0)
 
         # Exactly one clicked ad per display: an error, or the display is dropped in skip mode.
+        dropped_displays = np.zeros(0, dtype=display.dtype)
         starts = _group_starts(display)
         click_displays = display[starts]
         n_clicked = np.add.reduceat(clicked.astype(np.int64), starts) if len(starts) else np.zeros(0, dtype=np.int64)
@@ -747,6 +752,7 @@ class _Preparer:
             self.add("displays dropped: two or more clicked ads (skip mode)", int((n_clicked > 1).sum()))
             good = ~np.repeat(wrong, np.diff(np.append(starts, len(display))))
             display, ad, clicked = display[good], ad[good], clicked[good]
+            dropped_displays = click_displays[wrong]
             click_displays = click_displays[~wrong]
 
         # Events: identical duplicate rows are dropped; two different events of one display are an error.
@@ -783,7 +789,9 @@ class _Preparer:
 
         # Join: events without clicks are test displays; clicks without an event are dropped (both sides sorted).
         event_has_clicks = _in_sorted(event_display, click_displays)
-        self.add("events skipped: display has no clicks (test displays)", int((~event_has_clicks).sum()))
+        # The events of displays dropped above are not test displays: they are counted with their drop.
+        test_displays = ~event_has_clicks & ~_in_sorted(event_display, dropped_displays)
+        self.add("events skipped: display has no clicks (test displays)", int(test_displays.sum()))
         click_has_event = _in_sorted(display, event_display)
         if not click_has_event.all():
             self.add("click rows dropped: display has no event", int((~click_has_event).sum()))
