@@ -33,6 +33,7 @@ import signal
 import time
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import TracebackType
@@ -199,29 +200,30 @@ def _default_start_method() -> str:
     return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
-def run_device_worker(connection: Connection, config: DeviceConfig) -> None:
-    """Main function of a device's worker process: serve rollouts until told to close.
+def serve_worker(connection: Connection, build: Callable[[], Any], handle: Callable[[Any, Any], tuple[str, Any]]) -> None:
+    """Main loop of any device worker process: build the device, answer each request until told to close.
 
-    The worker ignores ``SIGINT`` (Ctrl+C reaches the whole process group; the learner shuts the workers
-    down itself) and uses one PyTorch thread. Any exception is sent back as traceback text.
+    Shared by DADRL's devices (:func:`run_device_worker`) and the synchronous baselines' round workers
+    (:func:`dadrl_sb3.common.sync.run_round_worker`). The worker ignores ``SIGINT`` (Ctrl+C reaches the whole
+    process group; the learner shuts the workers down itself), uses one PyTorch thread and skips
+    ``torch.distributions``' per-step argument checks (the process only runs the device; sampling from
+    non-finite logits still fails in ``torch.multinomial``). Any exception is sent back as traceback text.
 
-    :param connection: The worker's end of its pipe to the learner.
-    :param config: How to build the device.
+    :param connection: The worker's end of its pipe to the learner; it receives ``(command, payload)`` pairs.
+    :param build: Builds the device (an object with ``close()``), in this process.
+    :param handle: Answers one request: ``handle(device, payload)`` returns the ``(kind, answer)`` pair to send.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     th.set_num_threads(1)
-    # This process only runs the device: skip torch.distributions' argument checks on every step (sampling
-    # from non-finite logits still fails in torch.multinomial)
     th.distributions.Distribution.set_default_validate_args(False)
     device = None
     try:
-        device = Device(config)
+        device = build()
         while True:
             command, payload = connection.recv()
             if command == "close":
                 break
-            weights, version = payload
-            connection.send(("gradients", device.compute_gradients(weights, version)))
+            connection.send(handle(device, payload))
     except (EOFError, BrokenPipeError):
         # The learner is gone: nobody to report to
         pass
@@ -232,6 +234,19 @@ def run_device_worker(connection: Connection, config: DeviceConfig) -> None:
         if device is not None:
             device.close()
         connection.close()
+
+
+def run_device_worker(connection: Connection, config: DeviceConfig) -> None:
+    """Main function of a DADRL device's worker process: one gradient message per ``("weights", (weights, version))``.
+
+    :param connection: The worker's end of its pipe to the learner.
+    :param config: How to build the device.
+    """
+    serve_worker(
+        connection,
+        lambda: Device(config),
+        lambda device, payload: ("gradients", device.compute_gradients(*payload)),
+    )
 
 
 class SubprocessBackend(DeviceBackend):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import multiprocessing as mp
-import signal
 import time
 import traceback
 import warnings
@@ -44,7 +43,7 @@ import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from dadrl_sb3.common.backends import DeviceError
+from dadrl_sb3.common.backends import DeviceError, serve_worker
 from dadrl_sb3.common.devices import DeviceConfig, GradientMessage, ParameterArrays
 from dadrl_sb3.dadrl.dadrl import DADRL, _deferred_keyboard_interrupt
 
@@ -178,35 +177,15 @@ class InlineRoundBackend(RoundBackend):
 
 
 def run_round_worker(connection: Connection, worker_factory: WorkerFactory, config: DeviceConfig) -> None:
-    """Main function of a device's worker process: answer one task per round until told to close.
+    """Main function of a synchronous device's worker process: one answer per ``("task", RoundTask)``.
 
-    The worker ignores ``SIGINT`` (Ctrl+C reaches the whole process group; the learner shuts the workers
-    down itself) and uses one PyTorch thread. Any exception is sent back as traceback text.
+    The loop, signal handling and error reporting are DADRL's (:func:`dadrl_sb3.common.backends.serve_worker`).
 
     :param connection: The worker's end of its pipe to the learner.
     :param worker_factory: Builds the device from ``config``.
     :param config: How to build the device.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    th.set_num_threads(1)
-    worker = None
-    try:
-        worker = worker_factory(config)
-        while True:
-            command, payload = connection.recv()
-            if command == "close":
-                break
-            connection.send(("result", worker.run_round(payload)))
-    except (EOFError, BrokenPipeError):
-        # The learner is gone: nobody to report to
-        pass
-    except Exception:
-        with contextlib.suppress(OSError):
-            connection.send(("error", traceback.format_exc()))
-    finally:
-        if worker is not None:
-            worker.close()
-        connection.close()
+    serve_worker(connection, lambda: worker_factory(config), lambda worker, task: ("result", worker.run_round(task)))
 
 
 class SubprocessRoundBackend(RoundBackend):
