@@ -98,6 +98,29 @@ def test_an_incomplete_or_altered_cache_is_not_trusted(tiny_dataset: CompactData
     assert not _is_trusted(path)
 
 
+def test_a_verified_cache_is_not_hashed_again_until_a_file_changes(
+    tiny_dataset: CompactDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recsys_gym.data.dataset as dataset_module
+
+    path = tiny_dataset.path
+    assert _is_trusted(path) and (path / ".verified.json").is_file()
+    hashed: list[int] = []
+    real_digests = dataset_module._digests
+    monkeypatch.setattr(dataset_module, "_digests", lambda files: hashed.append(len(files)) or real_digests(files))
+    # Unchanged files: trusted without reading them.
+    assert _is_trusted(path) and hashed == []
+    # A write of the same bytes changes the file's time: every digest is checked again, and still matches.
+    target = path / "imp_clicked.npy"
+    target.write_bytes(target.read_bytes())
+    assert _is_trusted(path) and len(hashed) == 1
+    # A changed byte of the same size is caught by that full check.
+    damaged = bytearray(target.read_bytes())
+    damaged[-1] ^= 0x01
+    target.write_bytes(bytes(damaged))
+    assert not _is_trusted(path) and len(hashed) == 2
+
+
 def test_load_dataset_rebuilds_an_untrusted_cache(tmp_path: Path) -> None:
     source = tmp_path / "log.csv"
     rows = ["user_id,item_id,timestamp"] + [f"u{u},i{(u * 7 + t) % 40},{100 * t + u}" for u in range(12) for t in range(10)]

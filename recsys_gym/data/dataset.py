@@ -32,6 +32,7 @@ layout.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -747,12 +748,41 @@ def untrusted_reason(path: Path, *, check_digests: bool = True) -> str | None:
             return f"{file.name} is missing"
         if file.stat().st_size != sizes.get(name):
             return f"{file.name} has {file.stat().st_size} bytes, the manifest says {sizes.get(name)}"
-    if check_digests:
+    if check_digests and not _verified_unchanged(path):
         found = _digests({name: path / f"{name}.npy" for name in _ARRAY_NAMES})
         for name in _ARRAY_NAMES:
             if found[name] != digests.get(name):
                 return f"{name}.npy changed since it was written (its BLAKE2b digest differs from the manifest's)"
+        _stamp_verified(path)
     return None
+
+
+#: Written beside a cache once every digest matched: the size and modification time of each file then. A later
+#: load whose files all still match it skips re-hashing, so device processes and repeated loads of a large cache
+#: do not each read every byte; any write to a file changes its time, and the full check runs again.
+_VERIFIED_STAMP = ".verified.json"
+
+
+def _file_states(path: Path) -> dict[str, list[int]]:
+    files = ["manifest.json", *(f"{name}.npy" for name in _ARRAY_NAMES)]
+    return {name: [(path / name).stat().st_size, (path / name).stat().st_mtime_ns] for name in files}
+
+
+def _verified_unchanged(path: Path) -> bool:
+    """Whether the cache's files are exactly as they were when every digest last matched."""
+    try:
+        with open(path / _VERIFIED_STAMP, encoding="utf-8") as handle:
+            return bool(json.load(handle) == _file_states(path))
+    except (OSError, ValueError):
+        return False
+
+
+def _stamp_verified(path: Path) -> None:
+    """Record the files' states after a full check (skipped where the cache is read-only)."""
+    with contextlib.suppress(OSError):
+        temporary = path / f"{_VERIFIED_STAMP}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(_file_states(path)), encoding="utf-8")
+        os.replace(temporary, path / _VERIFIED_STAMP)
 
 
 # ----------------------------------------------------------------------------------------------
