@@ -41,11 +41,16 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
    users at a time, so no user × item matrix is ever held: it is items × items, catalogue-sized. Its
    top eigenvectors (ARPACK, fixed start vector) are ``M``'s right singular vectors, the reference's
    item vectors up to ARPACK's accuracy and the sign convention.
-8. **Content features.** The optional files are read chunk by chunk, keeping only the rows of the
-   documents that matter (ads' landing pages via ``promoted_content.csv``, and the context pages);
-   a missing file warns once and degrades. The token reduction (IDF-weighted truncated SVD) is
-   learned on the ads shown in the training split only, then every ad and context page is projected
-   on it. These tables are catalogue-sized (with page views, the documents read count in the catalogue).
+8. **Content features.** The document files are read once, chunk by chunk and two at a time, keeping
+   only the rows of the documents that matter: the ads' landing pages (via ``promoted_content.csv``)
+   as token strings, the context pages and pages read as integer token keys (a hash for entity ids).
+   Without page views this read runs beside phase 6. A missing file warns once and degrades. The
+   token reduction (IDF-weighted truncated SVD) is learned on the ads shown in the training split
+   only, then every ad, context page and page read is projected on it (tokens no ad has are ignored).
+   These tables are catalogue-sized (with page views, the documents read count in the catalogue).
+
+Phases 1 and 2 run side by side, as do phases 7 and 8; phases 3 and 4 work on two buckets at a time
+(threads: NumPy and Arrow release the GIL in their loops).
 
 9. **Page views** (when ``page_views.csv`` is present and ``PrepareOptions.page_views`` is on). Phase 4
    also sets, for every kept user, one bit of a fixed-size bitset (at most 128 MB) addressed by a hash of
