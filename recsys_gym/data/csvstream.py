@@ -128,19 +128,10 @@ def stream_csv(
         bad_lines.append(str(row.text))
         return "error"
 
-    try:
-        reader = _open(path, columns, chunk_rows, on_invalid)
-    except pa.ArrowInvalid as err:
-        raise _located_error(path, header, columns, err, bad_lines, 0) from err
     rows_done = 0
-    with open(path, "rb") as handle:
-        sample = handle.read(1 << 16)
-        mean_line = len(sample) / max(sample.count(b"\n"), 1)
-    while True:
+    for block in _text_blocks(path, _block_size(path, chunk_rows)):
         try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
+            batch = _parse_block(block, header, columns, on_invalid)
         except pa.ArrowInvalid as err:
             raise _located_error(path, header, columns, err, bad_lines, rows_done) from err
         n_rows = batch.num_rows
@@ -166,7 +157,7 @@ def stream_csv(
         rows_done += n_rows
         counts[read_key] += batch.num_rows
         if progress is not None:
-            progress(int(n_rows * mean_line))
+            progress(len(block))
         out: dict[str, Any] = {}
         for name, kind in columns.items():
             column = batch.column(name)
@@ -176,13 +167,39 @@ def stream_csv(
                 out[name] = column.to_numpy(zero_copy_only=False)
         out["_row"] = rows_done - n_rows
         yield out
+        # Nothing of this block is held while the next one is parsed (the caller may still hold its batch).
+        del out, batch, column
 
 
-def _open(path: Path, columns: Mapping[str, str], chunk_rows: int, on_invalid: Callable[[Any], str]) -> Any:
-    """A streaming pyarrow CSV reader of ``columns`` with explicit types (it parses the first block at once)."""
-    return pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=_block_size(path, chunk_rows), use_threads=True),
+def _text_blocks(path: Path, block_size: int) -> Iterator[bytes]:
+    """The data lines of a file (the header line left out) in blocks of about ``block_size`` bytes of whole lines.
+
+    Reading here, one block at a time, bounds memory by the block: Arrow's streaming reader reads up to 32 blocks
+    ahead of the parser on a background thread, which grows memory with the file up to that depth.
+    """
+    with open(path, "rb") as handle:
+        handle.readline()
+        carried = b""
+        while True:
+            data = handle.read(block_size)
+            if not data:
+                break
+            # Cut after the last complete line; the rest waits for the next read (a line longer than a block grows it).
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carried += data
+                continue
+            yield carried + data[:cut]
+            carried = data[cut:]
+        if carried:
+            yield carried
+
+
+def _parse_block(block: bytes, header: list[str], columns: Mapping[str, str], on_invalid: Callable[[Any], str]) -> Any:
+    """Parse one block of whole lines into a record batch of ``columns`` with explicit types."""
+    table = pacsv.read_csv(
+        pa.py_buffer(block),
+        read_options=pacsv.ReadOptions(column_names=header, use_threads=True),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(
             column_types={name: ARROW_KINDS[kind] for name, kind in columns.items()},
@@ -192,6 +209,7 @@ def _open(path: Path, columns: Mapping[str, str], chunk_rows: int, on_invalid: C
             quoted_strings_can_be_null=False,
         ),
     )
+    return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
 
 
 def _located_error(

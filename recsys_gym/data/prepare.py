@@ -9,8 +9,9 @@ but memory grows with the catalogue (ads, documents) and one chunk, not with the
 
 Design (phases, in order; each ``tqdm`` bar is one phase):
 
-1. **Partition clicks.** ``clicks_train.csv`` is parsed in blocks by :func:`pyarrow.csv.open_csv`
-   (explicit types, columns checked by name) and its rows ``(display_id, ad_id, clicked)`` are
+1. **Partition clicks.** ``clicks_train.csv`` is read one block of whole lines at a time and each block
+   parsed by :func:`pyarrow.csv.read_csv` (explicit types, columns checked by name; see
+   :func:`~recsys_gym.data.csvstream.stream_csv`), and its rows ``(display_id, ad_id, clicked)`` are
    appended to ``P`` temporary Arrow IPC files by ``display_id mod P``; ``P`` is chosen from the
    file sizes so one bucket holds about ``bucket_bytes`` of text (default 16 MB).
 2. **Partition events.** ``events.csv`` likewise, rows ``(display_id, uuid, document_id,
@@ -139,9 +140,9 @@ from recsys_gym.error import DataError, MissingDataError
 
 logger = logging.getLogger(__name__)
 
-#: Rows per parsed block by default. With the bucket size below, the working set stops growing at about 2 million
-#: clicks rows (measured by benchmarks/prepare.py); larger blocks gave no speed on 2 cores.
-DEFAULT_CHUNK_ROWS = 250_000
+#: Rows per parsed block by default: each file is read one block at a time (see :mod:`recsys_gym.data.csvstream`), so
+#: this bounds the text and parsed columns held per file. 250,000 was no faster and took 15% more peak memory at size 0.1.
+DEFAULT_CHUNK_ROWS = 100_000
 
 #: Text bytes aimed at per temporary bucket by default.
 DEFAULT_BUCKET_BYTES = 16 << 20
@@ -379,6 +380,20 @@ def _returning_memory_pool() -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
+def _release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    NumPy's arrays live on the C heap, whose freed blocks glibc keeps for reuse: without this, each phase's
+    temporaries would stay resident through the next phases, and a peak would add to the one before it.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _manifest_of(path: Path) -> dict[str, Any]:
     try:
         with open(path / "manifest.json", encoding="utf-8") as handle:
@@ -527,6 +542,7 @@ class _Preparer:
         started = time.perf_counter()
         with tqdm(total=total, desc=description, unit=unit, unit_scale=True, disable=not self.progress, leave=False) as bar:
             yield bar.update
+        _release_free_memory()
         self.seconds[description] = round(self.seconds.get(description, 0.0) + time.perf_counter() - started, 3)
         logger.info("%s: %.1f s", description, time.perf_counter() - started)
 
@@ -1371,13 +1387,53 @@ _DOCUMENT_TOKENS: dict[str, list[tuple[str, str, str | None]]] = {
 }
 
 
-def _document_token_rows(
-    folder: Path, file_name: str, documents: np.ndarray, chunk_rows: int, consume: Callable[[str, pd.DataFrame], None]
-) -> None:
-    """Stream one document file, handing ``consume(prefix, rows)`` the token rows of ``documents``, one chunk at a time.
+#: The token prefixes of the document files, in string order; a token's prefix is stored as its index here.
+_PREFIXES = sorted({prefix for specs in _DOCUMENT_TOKENS.values() for _, prefix, _ in specs})
 
-    ``rows`` has the columns ``document_id``, ``value`` (the token's id) and ``weight``; nothing is kept between
-    chunks. A confidence outside [0, 1] is an error naming the line; a confidence of 0 gives no token.
+
+@dataclass
+class _TokenRows:
+    """Token rows of documents, compact: no string is held except the distinct entity ids of ``texts``.
+
+    :param document: document id (or index) of each row.
+    :param prefix: index of the row's prefix in :data:`_PREFIXES`.
+    :param key: the token's 64-bit key (:func:`_token_keys`).
+    :param weight: the row's weight (confidence, or 1).
+    :param texts: the text of each entity key seen in these rows (only where the texts are kept).
+    """
+
+    document: np.ndarray
+    prefix: np.ndarray
+    key: np.ndarray
+    weight: np.ndarray
+    texts: dict[int, str]
+
+    @staticmethod
+    def join(parts: list[_TokenRows]) -> _TokenRows:
+        texts: dict[int, str] = {}
+        for part in parts:
+            texts.update(part.texts)
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return _TokenRows(empty, np.zeros(0, dtype=np.int8), empty, np.zeros(0, dtype=np.float32), texts)
+        document, prefix, key, weight = (
+            np.concatenate([getattr(part, name) for part in parts]) for name in ("document", "prefix", "key", "weight")
+        )
+        return _TokenRows(document, prefix, key, weight, texts)
+
+
+def _document_token_rows(
+    folder: Path,
+    file_name: str,
+    documents: np.ndarray,
+    chunk_rows: int,
+    consume: Callable[[np.ndarray, int, np.ndarray, np.ndarray, pa.Array | None], None],
+) -> None:
+    """Stream one document file, handing ``consume`` the token rows of ``documents``, one chunk at a time.
+
+    ``consume(document, prefix index, key, weight, texts)`` gets NumPy arrays aligned by row (``texts``: the Arrow
+    strings of entity ids, ``None`` for numeric tokens); nothing is kept between chunks. A confidence outside [0, 1]
+    is an error naming the line; a confidence of 0 gives no token.
 
     :param documents: the sorted, distinct document ids wanted.
     """
@@ -1400,15 +1456,18 @@ def _document_token_rows(
             continue
         for column, prefix, weight_column in _DOCUMENT_TOKENS[file_name]:
             values = batch[column]
+            texts = None
             if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                # Strings (entity ids): only the wanted rows become keys.
                 known = wanted & ~values.is_null().to_numpy(zero_copy_only=False)
-                values = np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
+                texts = values.filter(pa.array(known))
+                keys = _token_keys(prefix, texts)
             else:
                 known = wanted & ~np.isnan(values.astype(np.float64))
+                keys = values[known].astype(np.int64)
             if known.any():
                 weights = batch[weight_column][known] if weight_column else np.ones(int(known.sum()))
-                chosen = values[known] if values.dtype == object else values[known].astype(np.int64)
-                consume(prefix, pd.DataFrame({"document_id": batch["document_id"][known], "value": chosen, "weight": weights}))
+                consume(batch["document_id"][known], _PREFIXES.index(prefix), keys, weights.astype(np.float64), texts)
 
 
 def _read_document_rows(
@@ -1416,9 +1475,9 @@ def _read_document_rows(
 ) -> _DocumentRows | None:
     """Read what the content features need from the optional files, in one pass over the document files.
 
-    Keeps the ads' landing, campaign and advertiser (``promoted_content.csv``), the token rows of their
-    landing pages as strings, and the token rows of ``targets`` (context pages and pages read) as compact
-    keys until the reduction is known: all catalogue-sized.
+    Keeps the ads' landing, campaign and advertiser (``promoted_content.csv``), and the token rows of their
+    landing pages and of ``targets`` (context pages and pages read) as compact numeric rows (:class:`_TokenRows`)
+    until the reduction is known: all catalogue-sized.
 
     :param folder: the raw folder.
     :param ad_ids: the ads of the log (any order).
@@ -1444,47 +1503,40 @@ def _read_document_rows(
         return None
     landing = np.unique(promoted["document_id"].to_numpy(dtype=np.int64))
 
-    # One pass over the document files: the landing pages' token rows as (document, token string, weight), and
-    # the context pages' and pages read as compact keys (document, prefix, token id or hash, weight) until the
-    # reduction is known. Both are catalogue-sized.
-    prefixes = sorted({prefix for specs in _DOCUMENT_TOKENS.values() for _, prefix, _ in specs})
-    landing_rows: list[pd.DataFrame] = []
-    target_rows: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []
+    # One pass over the document files: the rows of the landing pages (with the text of their entity ids, which
+    # orders the token columns) and of the targets (documents as indices into targets).
+    landing_parts: list[_TokenRows] = []
+    target_parts: list[_TokenRows] = []
+    lock = threading.Lock()
 
-    def keep_rows(prefix: str, rows: pd.DataFrame) -> None:
-        documents = rows["document_id"].to_numpy(dtype=np.int64)
+    def keep_rows(documents: np.ndarray, prefix: int, keys: np.ndarray, weights: np.ndarray, texts: pa.Array | None) -> None:
         for_items = _in_sorted(documents, landing)
-        if for_items.any():
-            chosen = rows.loc[for_items]
-            landing_rows.append(
-                chosen.assign(token=prefix + ":" + chosen["value"].astype(str))[["document_id", "token", "weight"]]
-            )
         for_pages = _in_sorted(documents, targets)
+        parts = []
+        if for_items.any():
+            known: dict[int, str] = {}
+            if texts is not None:
+                chosen = texts.filter(pa.array(for_items)).to_pylist()
+                known = dict(zip(keys[for_items].tolist(), chosen, strict=True))
+            codes = np.full(int(for_items.sum()), prefix, dtype=np.int8)
+            parts.append((landing_parts, _TokenRows(documents[for_items], codes, keys[for_items], weights[for_items], known)))
         if for_pages.any():
-            keys = _token_keys(prefix, rows["value"].to_numpy()[for_pages])
-            weights = rows["weight"].to_numpy(np.float32)[for_pages]
-            target_rows.append(
-                (np.searchsorted(targets, documents[for_pages]).astype(np.int32), prefixes.index(prefix), keys, weights)
-            )
+            codes = np.full(int(for_pages.sum()), prefix, dtype=np.int8)
+            index = np.searchsorted(targets, documents[for_pages]).astype(np.int32)
+            parts.append((target_parts, _TokenRows(index, codes, keys[for_pages], weights[for_pages].astype(np.float32), {})))
+        with lock:
+            for into, part in parts:
+                into.append(part)
 
     document_files = [name for name in _DOCUMENT_TOKENS if name not in missing]
     threads = max(1, min(2, os.cpu_count() or 1))
-
-    def each_file(documents: np.ndarray, consume: Callable[[str, pd.DataFrame], None]) -> None:
-        # The document files are independent: two at a time (parsing and NumPy work release the GIL).
-        with ThreadPoolExecutor(threads) as pool:
-            for done in [
-                pool.submit(_document_token_rows, folder, name, documents, chunk_rows, consume) for name in document_files
-            ]:
-                done.result()
-
-    each_file(np.union1d(landing, targets), keep_rows)
-    tokens_of_pages = (
-        pd.concat(landing_rows, ignore_index=True)
-        if landing_rows
-        else pd.DataFrame({"document_id": [], "token": [], "weight": []})
-    )
-    return _DocumentRows(promoted, tokens_of_pages, target_rows, targets, prefixes)
+    # The document files are independent: two at a time (parsing and NumPy work release the GIL).
+    with ThreadPoolExecutor(threads) as pool:
+        wanted = np.union1d(landing, targets)
+        jobs = [pool.submit(_document_token_rows, folder, name, wanted, chunk_rows, keep_rows) for name in document_files]
+        for done in jobs:
+            done.result()
+    return _DocumentRows(promoted, _TokenRows.join(landing_parts), _TokenRows.join(target_parts), targets)
 
 
 @dataclass
@@ -1492,10 +1544,9 @@ class _DocumentRows:
     """What :func:`_read_document_rows` keeps for the content features."""
 
     promoted: pd.DataFrame
-    landing_tokens: pd.DataFrame
-    target_rows: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]
+    landing: _TokenRows
+    target: _TokenRows
     targets: np.ndarray
-    prefixes: list[str]
 
 
 def _streamed_content_vectors(
@@ -1520,70 +1571,84 @@ def _streamed_content_vectors(
 
     from recsys_gym.data.dataset import _truncated_svd
 
-    promoted, tokens_of_pages, target_rows, targets, prefixes = (
-        rows.promoted,
-        rows.landing_tokens,
-        rows.target_rows,
-        rows.targets,
-        rows.prefixes,
+    promoted, landing, target, targets = rows.promoted, rows.landing, rows.target, rows.targets
+
+    # Every (ad, token, weight): the rows of the ad's landing page, then its campaign and advertiser (prefix codes
+    # after the document prefixes).
+    landing_rows = pd.DataFrame(
+        {"document_id": landing.document, "prefix": landing.prefix, "key": landing.key, "weight": landing.weight}
     )
-    ads = promoted[["ad_id", "document_id"]].merge(tokens_of_pages, on="document_id", how="inner", sort=False)
-    item_table = pd.concat(
-        [
-            ads[["ad_id", "token", "weight"]],
-            pd.DataFrame(
-                {"ad_id": promoted["ad_id"], "token": "campaign:" + promoted["campaign_id"].astype(str), "weight": 1.0}
-            ),
-            pd.DataFrame(
-                {"ad_id": promoted["ad_id"], "token": "advertiser:" + promoted["advertiser_id"].astype(str), "weight": 1.0}
-            ),
-        ],
-        ignore_index=True,
+    ads = promoted[["ad_id", "document_id"]].merge(landing_rows, on="document_id", how="inner", sort=False)
+    n_ads = len(promoted)
+    ad_id = np.concatenate([ads["ad_id"].to_numpy(np.int64), np.tile(promoted["ad_id"].to_numpy(np.int64), 2)])
+    prefix = np.concatenate(
+        [ads["prefix"].to_numpy(np.int64), np.full(n_ads, len(_PREFIXES)), np.full(n_ads, len(_PREFIXES) + 1)]
     )
+    campaign, advertiser = promoted["campaign_id"].to_numpy(np.int64), promoted["advertiser_id"].to_numpy(np.int64)
+    key = np.concatenate([ads["key"].to_numpy(np.int64), campaign, advertiser])
+    weight = np.concatenate([ads["weight"].to_numpy(np.float64), np.ones(2 * n_ads)])
+
+    # The columns: the distinct tokens, in the order of their text ("prefix:id").
+    names = [*_PREFIXES, "campaign", "advertiser"]
+    order = np.lexsort((key, prefix))
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (prefix[order][1:] != prefix[order][:-1]) | (key[order][1:] != key[order][:-1])
+    pair_prefix, pair_key = prefix[order][new], key[order][new]
+    token_of_row = np.empty(len(order), dtype=np.int64)
+    token_of_row[order] = np.cumsum(new) - 1
+    texts = [
+        f"{names[code]}:{landing.texts[value] if names[code] == 'entity' else value}"
+        for code, value in zip(pair_prefix.tolist(), pair_key.tolist(), strict=True)
+    ]
+    text_order = np.argsort(np.asarray(texts, dtype=object), kind="stable")
+    column_of_token = np.empty(len(texts), dtype=np.int64)
+    column_of_token[text_order] = np.arange(len(texts))
+    n_columns = len(texts)
 
     # The item-token matrix, IDF and basis from the training ads alone.
-    columns = pd.Index(np.sort(item_table["token"].astype(str).unique()))
-    rows = pd.Index(item_ids).get_indexer(item_table["ad_id"].to_numpy(dtype=np.int64))
-    items = sparse.csr_matrix(
-        (item_table["weight"].to_numpy(np.float64), (rows, columns.get_indexer(item_table["token"].astype(str)))),
-        shape=(len(item_ids), len(columns)),
-    )
+    item_row = pd.Index(item_ids).get_indexer(ad_id)
+    items = sparse.csr_matrix((weight, (item_row, column_of_token[token_of_row])), shape=(len(item_ids), n_columns))
     fitted = items[np.flatnonzero(fit)]
     document_frequency = np.asarray((fitted > 0).sum(axis=0)).ravel()
     idf = np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0
     _, _, right = _truncated_svd(fitted @ sparse.diags(idf), dim)
     item_vectors = _normalise_rows(np.asarray((items @ sparse.diags(idf)) @ right.T))
 
-    # Each token's column, per prefix, and its contribution (IDF times its basis row).
+    # The context pages and pages read, projected from their kept rows (IDF times each token's basis row); tokens
+    # no ad has are ignored.
     contribution = idf[:, None] * right.T
-    lookup: dict[int, tuple[pd.Index, np.ndarray]] = {}
-    column_tokens = [str(token) for token in columns.tolist()]
-    for code, prefix in enumerate(prefixes):
-        chosen = [index for index, token in enumerate(column_tokens) if token.startswith(prefix + ":")]
-        values = [column_tokens[index][len(prefix) + 1 :] for index in chosen]
-        keys = _token_keys(prefix, np.asarray(values, dtype=object if prefix == "entity" else np.int64))
-        lookup[code] = (pd.Index(keys), np.asarray(chosen, dtype=np.int64))
-
-    # The context pages and pages read, projected from their kept rows; tokens no ad has are ignored.
     totals = np.zeros((len(targets), right.shape[0]))
-    for target_index, code, keys, weights in target_rows:
-        known_keys, known_columns = lookup[code]
-        position = known_keys.get_indexer(pd.Index(keys))
-        hit = position >= 0
-        if hit.any():
-            shares = sparse.csr_matrix(
-                (weights[hit].astype(np.float64), (target_index[hit], known_columns[position[hit]])),
-                shape=(len(targets), len(columns)),
-            )
-            totals += shares @ contribution
+    found = np.full(len(target.key), -1, dtype=np.int64)
+    for code in np.unique(target.prefix):
+        # The tokens of one prefix are a sorted run of the distinct pairs: one binary search per row.
+        low, high = np.searchsorted(pair_prefix, [code, code + 1])
+        rows_of_code = np.flatnonzero(target.prefix == code)
+        if high == low:
+            continue
+        position = np.minimum(np.searchsorted(pair_key[low:high], target.key[rows_of_code]), high - low - 1)
+        matched = pair_key[low + position] == target.key[rows_of_code]
+        found[rows_of_code[matched]] = low + position[matched]
+    hit = np.flatnonzero(found >= 0)
+    # Summed a slice of rows at a time, so the sparse temporaries stay small whatever the number of rows.
+    for start in range(0, len(hit), 1 << 18):
+        rows_of_slice = hit[start : start + (1 << 18)]
+        shares = sparse.csr_matrix(
+            (
+                target.weight[rows_of_slice].astype(np.float64),
+                (target.document[rows_of_slice], column_of_token[found[rows_of_slice]]),
+            ),
+            shape=(len(targets), n_columns),
+        )
+        totals += shares @ contribution
     totals = _normalise_rows(totals)
     return item_vectors, totals[np.searchsorted(targets, context_ids)], totals[np.searchsorted(targets, page_ids)]
 
 
-def _token_keys(prefix: str, values: np.ndarray) -> np.ndarray:
+def _token_keys(prefix: str, values: np.ndarray | pa.Array) -> np.ndarray:
     """64-bit keys of token ids: the id itself, or a hash of the text for entity ids (text in Kaggle's files)."""
     if prefix == "entity":
-        return pd.util.hash_array(np.asarray(values, dtype=object).astype(str).astype(object)).view(np.int64)
+        texts = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else np.asarray(values, dtype=object)
+        return pd.util.hash_array(texts.astype(str).astype(object)).view(np.int64)
     return np.asarray(values, dtype=np.int64)
 
 

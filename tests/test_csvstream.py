@@ -1,0 +1,69 @@
+"""The block reader under :func:`recsys_gym.data.csvstream.stream_csv`: whole lines, every row once, in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys_gym.data.csvstream import _text_blocks, stream_csv
+from recsys_gym.error import DataError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def test_blocks_are_whole_lines_and_cover_the_data(tmp_path: Path) -> None:
+    lines = [f"{i},{'x' * (i % 7)}\n" for i in range(50)]
+    path = write(tmp_path / "a.csv", "id,name\n" + "".join(lines))
+    blocks = list(_text_blocks(path, 16))
+    # The header is left out, every block ends a line, and together they are the data lines in order.
+    assert b"".join(blocks) == "".join(lines).encode()
+    assert all(block.endswith(b"\n") for block in blocks)
+    assert len(blocks) > 10
+
+
+def test_a_line_longer_than_a_block_and_no_final_newline(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "id,name\n1," + "y" * 100 + "\n2,z")
+    assert list(_text_blocks(path, 8)) == [b"1," + b"y" * 100 + b"\n", b"2,z"]
+
+
+def test_small_blocks_give_the_same_rows_as_one_block(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 10**9, size=3000)
+    path = write(tmp_path / "c.csv", "display_id,ad_id,clicked\n" + "".join(f"{i},{i % 97},{i % 2}\n" for i in ids))
+    columns = {"display_id": "int", "ad_id": "int", "clicked": "int"}
+    whole = list(stream_csv(path, columns, chunk_rows=10**6))
+    pieces = list(stream_csv(path, columns, chunk_rows=7))
+    assert len(whole) == 1 and len(pieces) > 20  # blocks of at least 1 KiB
+    for name in columns:
+        np.testing.assert_array_equal(np.concatenate([batch[name] for batch in pieces]), whole[0][name])
+    np.testing.assert_array_equal(whole[0]["display_id"], ids)
+    # Each batch says where its rows start in the file.
+    assert [batch["_row"] for batch in pieces] == list(np.cumsum([0] + [len(b["ad_id"]) for b in pieces[:-1]]))
+
+
+def test_a_bad_value_in_a_late_block_names_its_line(tmp_path: Path) -> None:
+    body = "".join(f"{i},{i},0\n" for i in range(200)) + "200,abc,1\n" + "".join(f"{i},{i},0\n" for i in range(201, 300))
+    path = write(tmp_path / "c.csv", "display_id,ad_id,clicked\n" + body)
+    with pytest.raises(DataError, match=r"line 202\b"):
+        list(stream_csv(path, {"display_id": "int", "ad_id": "int", "clicked": "int"}, chunk_rows=10))
+
+
+def test_a_short_line_in_a_late_block_names_its_line(tmp_path: Path) -> None:
+    body = "".join(f"{i},{i},0\n" for i in range(120)) + "120,5\n" + "".join(f"{i},{i},0\n" for i in range(121, 130))
+    path = write(tmp_path / "c.csv", "display_id,ad_id,clicked\n" + body)
+    with pytest.raises(DataError, match=r"line 122 has 2 field"):
+        list(stream_csv(path, {"display_id": "int", "ad_id": "int", "clicked": "int"}, chunk_rows=10))
+    # In skip mode the line is counted and the other rows all come through.
+    counts: dict[str, int] = {}
+    batches = list(
+        stream_csv(
+            path, {"display_id": "int", "ad_id": "int", "clicked": "int"}, chunk_rows=10, on_bad_lines="skip", counts=counts
+        )
+    )
+    assert sum(len(batch["ad_id"]) for batch in batches) == 129
+    assert counts == {"c.csv: rows read": 129, "c.csv: malformed lines skipped": 1}
