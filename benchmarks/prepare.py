@@ -162,6 +162,7 @@ def write_page_views(source: Path, target: Path, rows: int, known: float, seed: 
     """
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
     target.mkdir(parents=True, exist_ok=True)
@@ -172,10 +173,10 @@ def write_page_views(source: Path, target: Path, rows: int, known: float, seed: 
         source / "events.csv",
         convert_options=pacsv.ConvertOptions(include_columns=["uuid", "document_id", "timestamp"]),
     )
-    users = pa.compute.unique(events["uuid"]).combine_chunks()
+    users = pc.unique(events["uuid"])
     documents = events["document_id"].to_numpy()
     times = events["timestamp"].to_numpy()
-    width = int(pa.compute.max(pa.compute.utf8_length(users)).as_py())
+    width = int(pc.max(pc.utf8_length(users)).as_py())
     rng = np.random.default_rng(seed)
     hex_digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
     partial = target / "page_views.csv.partial"
@@ -198,7 +199,7 @@ def write_page_views(source: Path, target: Path, rows: int, known: float, seed: 
             # Unknown users: random hex strings of the uuids' width.
             strangers = hex_digits[rng.integers(0, 16, size=(n, width))].view(f"S{width}").ravel()
             uuid = pa.array(strangers).cast(pa.string())
-            uuid = pa.compute.if_else(pa.array(is_known), users.take(pa.array(rng.integers(0, len(users), n))), uuid)
+            uuid = pc.if_else(pa.array(is_known), users.take(pa.array(rng.integers(0, len(users), n))), uuid)
             writer.write_table(
                 pa.table(
                     {

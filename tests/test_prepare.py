@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from test_outbrain_loader import ALL_FILES, CLICKS, EVENTS, write_files
 
@@ -317,3 +318,36 @@ def test_a_prepared_folder_is_a_data_dir_and_a_damaged_one_is_refused(generated:
         CacheError, match=r"prepared cache that cannot be trusted: imp_clicked\.npy changed.*recsys-gym prepare"
     ):
         gym.make("OutbrainRec-v0", data_dir=out)
+
+
+@pytest.mark.parametrize("widths", [(14,), (8,), (3, 8, 14, 20), (0, 1, 7), (9, 12)])
+def test_uuid_prefix_keys_are_the_first_eight_bytes_big_endian(widths: tuple[int, ...]) -> None:
+    from recsys_gym.data.prepare import uuid_prefix_keys
+
+    rng = np.random.default_rng(len(widths))
+    texts = ["".join(rng.choice(list("0123456789abcdef"), size=int(rng.choice(widths)))) for _ in range(500)]
+    expected = np.array([int.from_bytes(text.encode()[:8].ljust(8, b"\0"), "big") for text in texts], dtype=np.uint64)
+    np.testing.assert_array_equal(uuid_prefix_keys(pa.array(texts)), expected)
+    # A slice (an array with an offset) and a chunked array give the same keys.
+    np.testing.assert_array_equal(uuid_prefix_keys(pa.array(texts)[100:300]), expected[100:300])
+    np.testing.assert_array_equal(uuid_prefix_keys(pa.chunked_array([texts[:250], texts[250:]])), expected)
+    # The keys sort as the strings do.
+    order = np.argsort(uuid_prefix_keys(pa.array(texts)), kind="stable")
+    assert [texts[i][:8] for i in order] == sorted(text[:8] for text in texts)
+
+
+def test_order_by_user_time_document_matches_lexsort() -> None:
+    from recsys_gym.data.prepare import _order_by_user_time_document
+
+    rng = np.random.default_rng(3)
+    # Few users, times and documents: many ties on (user, time), and some rows equal in all three.
+    user, timestamp, document = rng.integers(0, 5, 2000), rng.integers(10**12, 10**12 + 20, 2000), rng.integers(0, 4, 2000)
+    order = _order_by_user_time_document(user, timestamp, document)
+    expected = np.lexsort((document, timestamp, user))
+    for column in (user, timestamp, document):
+        np.testing.assert_array_equal(column[order], column[expected])
+    assert sorted(order.tolist()) == list(range(2000))
+    # Keys too wide for one int64 take the three-key sort.
+    wide = rng.integers(0, 2**40, 100)
+    order = _order_by_user_time_document(wide, np.array([0, 2**40] * 50), np.zeros(100, dtype=np.int64))
+    np.testing.assert_array_equal(order, np.lexsort((np.zeros(100), np.array([0, 2**40] * 50), wide)))

@@ -12,9 +12,11 @@ parse as its type (``abc`` in an integer column) is always an error.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +27,8 @@ from recsys_gym.data.interactions import _find_malformed_row, check_columns, lin
 from recsys_gym.error import DataError
 
 logger = logging.getLogger(__name__)
+
+_Item = TypeVar("_Item")
 
 #: Column kinds (as in :data:`recsys_gym.data.interactions.COLUMN_KINDS`) and the Arrow type each is parsed into.
 ARROW_KINDS = {
@@ -240,3 +244,49 @@ def _located_error(
         return DataError(f"{path}: cannot be parsed after data row {rows_done}: {err}")
     line, reason = found
     return DataError(f"{path}: line {line} {reason}")
+
+
+def prefetched(items: Iterator[_Item], depth: int = 1) -> Iterator[_Item]:
+    """Produce the next items of ``items`` on a thread while the caller works on the current one.
+
+    At most ``depth`` items wait ahead (plus the one being produced), so memory stays bounded. The producer's
+    exceptions are raised to the caller in order; when the caller stops early, the producer stops too.
+
+    :param items: an iterator whose work releases the GIL (parsing by Arrow), or the overlap gains nothing.
+    :param depth: items produced ahead of the caller.
+    """
+    waiting: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                waiting.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((False, item)):
+                    return
+        except BaseException as err:  # handed to the caller's thread
+            put((True, err))
+            return
+        put((True, None))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            finished, value = waiting.get()
+            if finished:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()

@@ -113,7 +113,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from recsys_gym.data.csvstream import BAD_LINE_MODES, stream_csv
+from recsys_gym.data.csvstream import BAD_LINE_MODES, prefetched, stream_csv
 from recsys_gym.data.dataset import (
     CACHE_VERSION,
     CompactDataset,
@@ -437,6 +437,14 @@ def uuid_prefix_keys(uuids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, dtype=np.uint8)
     starts = offsets[:-1]
     lengths = np.diff(offsets)
+    shortest = int(lengths.min())
+    if shortest >= 8:
+        if shortest == int(lengths.max()):
+            # One width (Kaggle's uuids): the strings are the rows of a matrix; its first 8 columns are the keys.
+            out[:] = data[offsets[0] : offsets[0] + n * shortest].reshape(n, shortest)[:, :8]
+        else:
+            out[:] = data[starts[:, None] + np.arange(8)]
+        return out.view(">u8").ravel().astype(np.uint64)
     for position in range(8):
         has = lengths > position
         out[has, position] = data[starts[has] + position]
@@ -456,17 +464,17 @@ class _Writers:
         """Append each row of ``columns`` (arrays aligned with ``bucket``) to its bucket's file, keeping row order."""
         if len(bucket) == 0:
             return
-        order = np.argsort(bucket, kind="stable")
+        # The rows grouped by bucket (a stable radix sort of the small bucket numbers), then one slice per bucket.
+        order = np.argsort(bucket.astype(np.uint8 if len(self.writers) <= 256 else np.int64), kind="stable")
         bounds = np.searchsorted(bucket[order], np.arange(len(self.writers) + 1))
+        indices = pa.array(order)
+        arrays = [
+            column.take(indices) if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(column)[order])
+            for column in columns
+        ]
+        grouped = pa.record_batch(arrays, schema=self.schema)
         for index in np.flatnonzero(np.diff(bounds)):
-            rows = pa.array(order[bounds[index] : bounds[index + 1]])
-            arrays = [
-                column.take(rows)
-                if isinstance(column, (pa.Array, pa.ChunkedArray))
-                else pa.array(np.asarray(column)[order[bounds[index] : bounds[index + 1]]])
-                for column in columns
-            ]
-            self.writers[index].write_batch(pa.record_batch(arrays, schema=self.schema))
+            self.writers[index].write_batch(grouped.slice(bounds[index], bounds[index + 1] - bounds[index]))
 
     def close(self) -> None:
         for writer in self.writers:
@@ -528,6 +536,7 @@ class _Preparer:
         self.page_view_buckets: list[Path] = []
         self.page_view_parts: list[tuple[int, int, int, Path | None]] = []
         self.page_documents = np.zeros(0, dtype=np.int64)
+        self.page_document_parts: list[np.ndarray] = []
 
     def add(self, reason: str, count: int) -> None:
         """Add ``count`` to a counter (from any of the phase threads)."""
@@ -969,14 +978,16 @@ class _Preparer:
         start, end = self.options.start_time, self.options.end_time
         try:
             with self.bar("page_views.csv", path.stat().st_size, "B") as update:
-                for batch in stream_csv(
+                # The next block is read and parsed while this one is filtered and written (this phase runs alone).
+                batches = stream_csv(
                     path,
                     PAGE_VIEW_COLUMNS,
                     chunk_rows=self.chunk_rows,
                     on_bad_lines=self.on_bad_lines,
                     counts=self.counts,
                     progress=update,
-                ):
+                )
+                for batch in prefetched(batches):
                     uuid, document, timestamp = batch["uuid"], batch["document_id"], batch["timestamp"]
 
                     # The time window, as for impressions.
@@ -1034,7 +1045,7 @@ class _Preparer:
         user, timestamp, document = user[useful], timestamp[useful], document[useful]
 
         # Sort by (user, time, document) and drop identical rows.
-        order = np.lexsort((document, timestamp, user))
+        order = _order_by_user_time_document(user, timestamp, document)
         user, timestamp, document = user[order], timestamp[order], document[order]
         repeated = np.zeros(len(user), dtype=bool)
         repeated[1:] = (user[1:] == user[:-1]) & (timestamp[1:] == timestamp[:-1]) & (document[1:] == document[:-1])
@@ -1043,10 +1054,23 @@ class _Preparer:
         if (~repeated).sum() == 0:
             return None
         rows = np.stack([user[~repeated] + user0, timestamp[~repeated], document[~repeated]], axis=1)
-        self.page_documents = np.union1d(self.page_documents, np.unique(rows[:, 2]))
+        self.add_page_documents(_sorted_unique(rows[:, 2]))
         out = self.buckets / f"pageviews-{bucket:04d}.npy"
         np.save(out, rows, allow_pickle=False)
         return out
+
+    def add_page_documents(self, documents: np.ndarray | None) -> None:
+        """Add sorted, distinct document ids to ``self.page_documents``; ``None`` merges what is pending.
+
+        Parts are merged once they hold as many ids as the merged set (plus a million), so the work stays linear in
+        the number of ids however many buckets there are.
+        """
+        if documents is not None:
+            self.page_document_parts.append(documents)
+        pending = sum(len(part) for part in self.page_document_parts)
+        if pending and (documents is None or pending > len(self.page_documents) + (1 << 20)):
+            self.page_documents = _sorted_unique(np.concatenate([self.page_documents, *self.page_document_parts]))
+            self.page_document_parts = []
 
     # -- phase 5 -------------------------------------------------------------------------------
     def split_point(self) -> int:
@@ -1194,6 +1218,7 @@ class _Preparer:
                 update(1)
         for writer in out.values():
             writer.close()
+        self.add_page_documents(None)
         self.arrays = {name: writer.path for name, writer in out.items()}
         np.save(self.tmp_dir / "item_ids.npy", encode_strings([str(item) for item in self.item_ids]), allow_pickle=False)
         np.save(self.tmp_dir / "context_ids.npy", self.context_ids.astype(np.int64), allow_pickle=False)
@@ -1294,6 +1319,7 @@ class _Preparer:
         has_content = np.any(vectors != 0, axis=1)
         width = 1 + vectors.shape[1]
         writer = _NpyWriter(path, np.float32, self.n_impressions, width=width)
+        page_document_row = _Lookup(self.page_documents)
         with self.bar("page-view vectors", len(self.page_view_parts), "bucket") as update:
             for row0, rows, user0, views_path in self.page_view_parts:
                 imp_user = _read_rows(self.arrays["imp_user"], row0, row0 + rows).astype(np.int64) - user0
@@ -1301,7 +1327,7 @@ class _Preparer:
                 views = np.load(views_path) if views_path is not None else np.zeros((0, 3), dtype=np.int64)
                 if views_path is not None:
                     views_path.unlink()
-                document_row = np.searchsorted(self.page_documents, views[:, 2])
+                document_row = page_document_row(views[:, 2])
                 writer[row0 : row0 + rows] = _page_view_vectors(
                     imp_user,
                     imp_time,
@@ -1536,7 +1562,7 @@ def _read_document_rows(
         jobs = [pool.submit(_document_token_rows, folder, name, wanted, chunk_rows, keep_rows) for name in document_files]
         for done in jobs:
             done.result()
-    return _DocumentRows(promoted, _TokenRows.join(landing_parts), _TokenRows.join(target_parts), targets)
+    return _DocumentRows(promoted, _TokenRows.join(landing_parts), target_parts, targets)
 
 
 @dataclass
@@ -1545,7 +1571,8 @@ class _DocumentRows:
 
     promoted: pd.DataFrame
     landing: _TokenRows
-    target: _TokenRows
+    #: the targets' rows in the pieces they were read in (documents as indices into ``targets``)
+    target: list[_TokenRows]
     targets: np.ndarray
 
 
@@ -1618,28 +1645,24 @@ def _streamed_content_vectors(
     # no ad has are ignored.
     contribution = idf[:, None] * right.T
     totals = np.zeros((len(targets), right.shape[0]))
-    found = np.full(len(target.key), -1, dtype=np.int64)
-    for code in np.unique(target.prefix):
+    for part in target:
         # The tokens of one prefix are a sorted run of the distinct pairs: one binary search per row.
-        low, high = np.searchsorted(pair_prefix, [code, code + 1])
-        rows_of_code = np.flatnonzero(target.prefix == code)
-        if high == low:
-            continue
-        position = np.minimum(np.searchsorted(pair_key[low:high], target.key[rows_of_code]), high - low - 1)
-        matched = pair_key[low + position] == target.key[rows_of_code]
-        found[rows_of_code[matched]] = low + position[matched]
-    hit = np.flatnonzero(found >= 0)
-    # Summed a slice of rows at a time, so the sparse temporaries stay small whatever the number of rows.
-    for start in range(0, len(hit), 1 << 18):
-        rows_of_slice = hit[start : start + (1 << 18)]
-        shares = sparse.csr_matrix(
-            (
-                target.weight[rows_of_slice].astype(np.float64),
-                (target.document[rows_of_slice], column_of_token[found[rows_of_slice]]),
-            ),
-            shape=(len(targets), n_columns),
-        )
-        totals += shares @ contribution
+        found = np.full(len(part.key), -1, dtype=np.int64)
+        for code in np.unique(part.prefix):
+            low, high = np.searchsorted(pair_prefix, [code, code + 1])
+            if high == low:
+                continue
+            rows_of_code = np.flatnonzero(part.prefix == code)
+            position = np.minimum(np.searchsorted(pair_key[low:high], part.key[rows_of_code]), high - low - 1)
+            matched = pair_key[low + position] == part.key[rows_of_code]
+            found[rows_of_code[matched]] = low + position[matched]
+        hit = found >= 0
+        if hit.any():
+            shares = sparse.csr_matrix(
+                (part.weight[hit].astype(np.float64), (part.document[hit], column_of_token[found[hit]])),
+                shape=(len(targets), n_columns),
+            )
+            totals += shares @ contribution
     totals = _normalise_rows(totals)
     return item_vectors, totals[np.searchsorted(targets, context_ids)], totals[np.searchsorted(targets, page_ids)]
 
@@ -1648,7 +1671,7 @@ def _token_keys(prefix: str, values: np.ndarray | pa.Array) -> np.ndarray:
     """64-bit keys of token ids: the id itself, or a hash of the text for entity ids (text in Kaggle's files)."""
     if prefix == "entity":
         texts = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else np.asarray(values, dtype=object)
-        return pd.util.hash_array(texts.astype(str).astype(object)).view(np.int64)
+        return pd.util.hash_array(texts).view(np.int64)
     return np.asarray(values, dtype=np.int64)
 
 
@@ -1697,6 +1720,32 @@ def _read_rows(path: Path, start: int, stop: int) -> np.ndarray:
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         _, _, dtype = read_header(handle)
         return np.fromfile(handle, dtype=dtype, count=stop - start, offset=start * dtype.itemsize)
+
+
+def _order_by_user_time_document(user: np.ndarray, timestamp: np.ndarray, document: np.ndarray) -> np.ndarray:
+    """The permutation sorting rows by (user, timestamp, document); rows equal in all three keep some order among them.
+
+    ``user`` is non-negative. Users and times make one int64 key when they fit, sorted by NumPy's fast unstable sort;
+    the few runs of equal (user, timestamp) are then ordered by document. Otherwise a three-key ``lexsort``.
+    """
+    if len(user) == 0:
+        return np.zeros(0, dtype=np.int64)
+    earliest = int(timestamp.min())
+    span = int(timestamp.max()) - earliest + 1
+    if (int(user.max()) + 1) * span >= 1 << 62:
+        return np.lexsort((document, timestamp, user))
+    key = user.astype(np.int64) * span + (timestamp - earliest)
+    order = np.argsort(key)
+    ordered = key[order]
+    tie = ordered[1:] == ordered[:-1]
+    if tie.any():
+        # The rows of each run of equal keys, in place, sorted by (key, document).
+        in_run = np.zeros(len(order), dtype=bool)
+        in_run[1:] |= tie
+        in_run[:-1] |= tie
+        where = np.flatnonzero(in_run)
+        order[where] = order[where][np.lexsort((document[order[where]], ordered[where]))]
+    return order
 
 
 def _run_starts(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
