@@ -351,3 +351,14 @@ def test_order_by_user_time_document_matches_lexsort() -> None:
     wide = rng.integers(0, 2**40, 100)
     order = _order_by_user_time_document(wide, np.array([0, 2**40] * 50), np.zeros(100, dtype=np.int64))
     np.testing.assert_array_equal(order, np.lexsort((np.zeros(100), np.array([0, 2**40] * 50), wide)))
+
+
+def test_string_ranks_follow_byte_order_with_shared_prefixes() -> None:
+    from recsys_gym.data.prepare import _string_ranks
+
+    rng = np.random.default_rng(5)
+    # Many strings share their first 8 bytes (a tiny alphabet), lengths vary around 8, and some are non-ASCII.
+    texts = sorted({"".join(rng.choice(list("ab\u00e9"), size=int(rng.integers(1, 12)))) for _ in range(3000)})
+    shuffled = [texts[i] for i in rng.permutation(len(texts))]
+    ranks = _string_ranks(pa.array(shuffled))
+    assert [shuffled[i] for i in np.argsort(ranks)] == sorted(shuffled, key=lambda text: text.encode())

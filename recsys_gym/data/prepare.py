@@ -920,16 +920,26 @@ class _Preparer:
         sizes = {"rows": 0, "users": 0, "shown": 0, "user_items": 0}
         ads = documents = np.zeros(0, dtype=np.int64)
         if table.num_rows:
-            table = table.sort_by([("uuid", "ascending"), ("timestamp", "ascending"), ("display_id", "ascending")])
-            starts = _run_starts(table.column("uuid"))
+            # Sort by (uuid, time, display): each uuid's rank among the bucket's distinct uuids (byte order) makes
+            # the users' order an integer one.
+            table = table.combine_chunks()
+            encoded = pc.dictionary_encode(table.column("uuid").chunk(0))
+            user_rank = _string_ranks(encoded.dictionary)[encoded.indices.to_numpy()]
+            order = _order_by_user_time_document(
+                user_rank, table.column("timestamp").to_numpy(), table.column("display_id").to_numpy()
+            )
+            table = table.take(pa.array(order))
+            starts = _group_starts(user_rank[order])
             lengths = np.diff(np.append(starts, table.num_rows))
             if self.options.min_impressions > 1:
                 small = lengths < self.options.min_impressions
                 if small.any():
                     self.add("impressions dropped: user below min_impressions", int(lengths[small].sum()))
                     self.add("users dropped: below min_impressions", int(small.sum()))
-                    table = table.filter(pa.array(np.repeat(~small, lengths)))
+                    keep = np.repeat(~small, lengths)
+                    table = table.filter(pa.array(keep))
                     lengths = lengths[~small]
+                    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         table = table.combine_chunks()
         if table.num_rows:
             user_of_row = np.repeat(np.arange(len(lengths)), lengths)
@@ -945,15 +955,13 @@ class _Preparer:
                 "shown": len(flat),
                 "user_items": len(_sorted_unique(user_of_row.astype(np.int64) * (1 << 40) + item_codes)),
             }
-            ads = _sorted_unique(flat)
-            documents = _sorted_unique(table.column("document_id").to_numpy())
+            ads = _distinct(flat)
+            documents = _distinct(table.column("document_id").to_numpy())
             bins = (timestamp - self.time_min) // self.bin_width
             widths = pc.binary_length(table.column("uuid").cast(pa.binary()))
             slots = None
             if self.use_page_views:
-                slots = self._filter_slots(
-                    uuid_prefix_keys(table.column("uuid").take(pa.array(_run_starts(table.column("uuid")))))
-                )
+                slots = self._filter_slots(uuid_prefix_keys(table.column("uuid").take(pa.array(starts))))
             with self.lock:
                 np.add.at(self.histogram, bins, 1)
                 self.id_width = max(self.id_width, int(pc.max(widths).as_py() or 1))
@@ -1722,6 +1730,26 @@ def _read_rows(path: Path, start: int, stop: int) -> np.ndarray:
         return np.fromfile(handle, dtype=dtype, count=stop - start, offset=start * dtype.itemsize)
 
 
+def _string_ranks(strings: pa.Array) -> np.ndarray:
+    """Each string's rank in byte order among ``strings`` (distinct): by its 8-byte prefix key, and in full where those tie."""
+    keys = uuid_prefix_keys(strings)
+    order = np.argsort(keys)
+    ordered = keys[order]
+    tie = ordered[1:] == ordered[:-1]
+    if tie.any():
+        # Strings sharing a prefix key: ordered in full by Arrow, within their run.
+        in_run = np.zeros(len(order), dtype=bool)
+        in_run[1:] |= tie
+        in_run[:-1] |= tie
+        where = np.flatnonzero(in_run)
+        runs = pa.table({"key": ordered[where], "text": strings.take(pa.array(order[where]))})
+        within = pc.sort_indices(runs, sort_keys=[("key", "ascending"), ("text", "ascending")]).to_numpy()
+        order[where] = order[where][within]
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
 def _order_by_user_time_document(user: np.ndarray, timestamp: np.ndarray, document: np.ndarray) -> np.ndarray:
     """The permutation sorting rows by (user, timestamp, document); rows equal in all three keep some order among them.
 
@@ -1783,6 +1811,15 @@ def _has_duplicate_pairs(display: np.ndarray, ad: np.ndarray) -> bool:
         return bool((keys[1:] == keys[:-1]).any())
     pairs = np.stack([display, ad], axis=1)
     return len(np.unique(pairs, axis=0)) < len(pairs)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values in ascending order: marked in a table when they are small non-negative integers, else sorted."""
+    if len(values) and values.min() >= 0 and values.max() < max(8 * len(values), 1 << 22):
+        seen = np.zeros(int(values.max()) + 1, dtype=bool)
+        seen[values] = True
+        return np.flatnonzero(seen).astype(values.dtype)
+    return _sorted_unique(values)
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
