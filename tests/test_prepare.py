@@ -362,3 +362,23 @@ def test_string_ranks_follow_byte_order_with_shared_prefixes() -> None:
     shuffled = [texts[i] for i in rng.permutation(len(texts))]
     ranks = _string_ranks(pa.array(shuffled))
     assert [shuffled[i] for i in np.argsort(ranks)] == sorted(shuffled, key=lambda text: text.encode())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="open-file limits are set with the resource module on Unix only")
+def test_a_low_open_file_limit_gives_fewer_buckets_and_the_same_cache(generated: Path, tmp_path: Path) -> None:
+    # A process whose hard limit allows 150 open files, asked for buckets of 2,000 bytes (hundreds of them).
+    script = (
+        "import logging, resource\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (150, 150))\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from recsys_gym.data.prepare import prepare_outbrain\n"
+        f"prepare_outbrain({str(generated)!r}, {str(tmp_path / 'low')!r}, progress=False, bucket_bytes=2000)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "only 150 files may be open at once: 43 display and 86 user buckets" in done.stderr
+    low = CompactDataset(tmp_path / "low")
+    clean = prepare_outbrain(generated, tmp_path / "clean", progress=False)
+    for name in EXACT:
+        assert np.array_equal(getattr(low, name), getattr(clean, name)), name

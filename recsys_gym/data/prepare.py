@@ -13,7 +13,7 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
    parsed by :func:`pyarrow.csv.read_csv` (explicit types, columns checked by name; see
    :func:`~recsys_gym.data.csvstream.stream_csv`), and its rows ``(display_id, ad_id, clicked)`` are
    appended to ``P`` temporary Arrow IPC files by ``display_id mod P``; ``P`` is chosen from the
-   file sizes so one bucket holds about ``bucket_bytes`` of text (default 16 MB).
+   file sizes so one bucket holds about ``bucket_bytes`` of text (default 4 MB).
 2. **Partition events.** ``events.csv`` likewise, rows ``(display_id, uuid, document_id,
    timestamp, platform code)``; a systematic sample of the users' 8-byte uuid prefixes (as big-endian
    integers) gives ``Q - 1`` quantile boundaries for the user buckets of phase 3.
@@ -144,11 +144,19 @@ logger = logging.getLogger(__name__)
 #: this bounds the text and parsed columns held per file. 250,000 was no faster and took 15% more peak memory at size 0.1.
 DEFAULT_CHUNK_ROWS = 100_000
 
-#: Text bytes aimed at per temporary bucket by default.
-DEFAULT_BUCKET_BYTES = 16 << 20
+#: Text bytes aimed at per temporary bucket by default. Smaller buckets hold less at a time in phases 3, 4 and 6: 16 MB
+#: took 254 MB at size 0.01 and 369 MB at size 0.1, 4 MB 215 and 306 MB, in the same time (benchmarks/prepare.py).
+DEFAULT_BUCKET_BYTES = 4 << 20
 
-#: Most temporary buckets per partition (open files).
-MAX_BUCKETS = 256
+#: Most temporary buckets per partition (open files). At the bucket size above, Kaggle's clicks and events make about
+#: 600 display buckets, and with ``page_views.csv`` (100 GB) the user buckets hold about 100 MB of its text each.
+MAX_BUCKETS = 1024
+
+#: Files kept free for everything else when the bucket files are counted against the open-file limit.
+_SPARE_FILES = 64
+
+#: Bytes buffered per temporary bucket file before a write to it.
+_WRITE_BUFFER = 64 << 10
 
 #: Number of page views at which ``pageviews_log_count`` saturates at 1.
 PAGE_VIEW_COUNT_SCALE = 1000
@@ -394,6 +402,23 @@ def _release_free_memory() -> None:
         pass
 
 
+def _open_file_budget(wanted: int) -> int:
+    """How many files this process may open, after raising its soft limit towards ``wanted`` where the hard limit allows."""
+    try:
+        import resource
+    except ImportError:  # not a Unix system: no such limit to raise
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return int(soft)
+    return int(target)
+
+
 def _manifest_of(path: Path) -> dict[str, Any]:
     try:
         with open(path / "manifest.json", encoding="utf-8") as handle:
@@ -458,7 +483,9 @@ class _Writers:
         folder.mkdir(parents=True, exist_ok=True)
         self.paths = [folder / f"{stem}-{index:04d}.arrows" for index in range(n)]
         self.schema = schema
-        self.writers = [ipc.new_stream(str(path), schema) for path in self.paths]
+        # Each file written through a small buffer: a batch's buffers would otherwise be one system call each.
+        self.sinks = [pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=_WRITE_BUFFER) for path in self.paths]
+        self.writers = [ipc.new_stream(sink, schema) for sink in self.sinks]
 
     def write(self, bucket: np.ndarray, columns: list[Any]) -> None:
         """Append each row of ``columns`` (arrays aligned with ``bucket``) to its bucket's file, keeping row order."""
@@ -477,8 +504,9 @@ class _Writers:
             self.writers[index].write_batch(grouped.slice(bounds[index], bounds[index + 1] - bounds[index]))
 
     def close(self) -> None:
-        for writer in self.writers:
+        for writer, sink in zip(self.writers, self.sinks, strict=True):
             writer.close()
+            sink.close()
 
 
 def _read_stream(path: Path) -> pa.Table:
@@ -530,6 +558,21 @@ class _Preparer:
         if self.use_page_views:
             user_text += self.page_views_path.stat().st_size
         self.n_user_buckets = int(np.clip(-(-user_text // bucket_bytes), 1, MAX_BUCKETS))
+
+        # Phases 1 and 2 hold both display partitions' files open, phases 3 and 9 the user buckets': fewer (larger)
+        # buckets when the system allows fewer open files.
+        budget = _open_file_budget(max(2 * self.n_display_buckets, self.n_user_buckets) + _SPARE_FILES) - _SPARE_FILES
+        if 2 * self.n_display_buckets > budget or self.n_user_buckets > budget:
+            logger.warning(
+                "only %d files may be open at once: %d display and %d user buckets instead of %d and %d (more memory each)",
+                budget + _SPARE_FILES,
+                max(1, min(self.n_display_buckets, budget // 2)),
+                max(1, min(self.n_user_buckets, budget)),
+                self.n_display_buckets,
+                self.n_user_buckets,
+            )
+            self.n_display_buckets = max(1, min(self.n_display_buckets, budget // 2))
+            self.n_user_buckets = max(1, min(self.n_user_buckets, budget))
         rough_events = max(1, self.events_path.stat().st_size // 48)
         self.filter_bits = int(np.clip(1 << int(np.ceil(np.log2(8 * rough_events))), 1 << 16, _MAX_FILTER_BITS))
         self.user_filter = np.zeros(self.filter_bits // 8 if self.use_page_views else 0, dtype=np.uint8)
@@ -573,7 +616,9 @@ class _Preparer:
         with ThreadPoolExecutor(min(2, self.n_threads)) as pool:
             early = None
             if not self.use_page_views and self.options.content_dim > 0:
-                early = pool.submit(_read_document_rows, self.folder, self.ads, self.documents, self.chunk_rows, self.notes)
+                # In smaller chunks than the other files: this read shares the memory of phase 6 (and is not the longer).
+                chunk = max(1, self.chunk_rows // 4)
+                early = pool.submit(_read_document_rows, self.folder, self.ads, self.documents, chunk, self.notes)
             cut_time = self.split_point()
             self.write_arrays(cut_time)
             _pause_if_asked("after_write", self.tmp_dir)
@@ -1584,6 +1629,56 @@ class _DocumentRows:
     targets: np.ndarray
 
 
+def _item_token_matrix(
+    promoted: pd.DataFrame, landing: _TokenRows, item_ids: np.ndarray
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """The (items × tokens) weight matrix of the ads' landing-page, campaign and advertiser tokens.
+
+    Its columns are the distinct tokens in the order of their text (``"prefix:id"``), as the reference orders them.
+
+    :return: the CSR matrix, the distinct tokens as sorted (prefix code, key) pairs (prefix codes index
+        :data:`_PREFIXES`, then ``campaign`` and ``advertiser``), and each pair's column.
+    """
+    from scipy import sparse
+
+    # Every (ad, token, weight): the rows of the ad's landing page, then its campaign and advertiser (prefix codes
+    # after the document prefixes).
+    landing_rows = pd.DataFrame(
+        {"document_id": landing.document, "prefix": landing.prefix, "key": landing.key, "weight": landing.weight}
+    )
+    ads = promoted[["ad_id", "document_id"]].merge(landing_rows, on="document_id", how="inner", sort=False)
+    n_ads = len(promoted)
+    ad_id = np.concatenate([ads["ad_id"].to_numpy(np.int64), np.tile(promoted["ad_id"].to_numpy(np.int64), 2)])
+    prefix = np.concatenate(
+        [ads["prefix"].to_numpy(np.int64), np.full(n_ads, len(_PREFIXES)), np.full(n_ads, len(_PREFIXES) + 1)]
+    )
+    campaign, advertiser = promoted["campaign_id"].to_numpy(np.int64), promoted["advertiser_id"].to_numpy(np.int64)
+    key = np.concatenate([ads["key"].to_numpy(np.int64), campaign, advertiser])
+    weight = np.concatenate([ads["weight"].to_numpy(np.float64), np.ones(2 * n_ads)])
+    del ads, landing_rows
+
+    # The columns: the distinct tokens, in the order of their text ("prefix:id").
+    names = [*_PREFIXES, "campaign", "advertiser"]
+    order = np.lexsort((key, prefix))
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (prefix[order][1:] != prefix[order][:-1]) | (key[order][1:] != key[order][:-1])
+    pair_prefix, pair_key = prefix[order][new], key[order][new]
+    token_of_row = np.empty(len(order), dtype=np.int64)
+    token_of_row[order] = np.cumsum(new) - 1
+    texts = [
+        f"{names[code]}:{landing.texts[value] if names[code] == 'entity' else value}"
+        for code, value in zip(pair_prefix.tolist(), pair_key.tolist(), strict=True)
+    ]
+    text_order = np.argsort(np.asarray(texts, dtype=object), kind="stable")
+    column_of_token = np.empty(len(texts), dtype=np.int64)
+    column_of_token[text_order] = np.arange(len(texts))
+    n_columns = len(texts)
+
+    item_row = pd.Index(item_ids).get_indexer(ad_id)
+    items = sparse.csr_matrix((weight, (item_row, column_of_token[token_of_row])), shape=(len(item_ids), n_columns))
+    return items, pair_prefix, pair_key, column_of_token
+
+
 def _streamed_content_vectors(
     rows: _DocumentRows, item_ids: np.ndarray, fit: np.ndarray, context_ids: np.ndarray, page_ids: np.ndarray, dim: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1608,52 +1703,24 @@ def _streamed_content_vectors(
 
     promoted, landing, target, targets = rows.promoted, rows.landing, rows.target, rows.targets
 
-    # Every (ad, token, weight): the rows of the ad's landing page, then its campaign and advertiser (prefix codes
-    # after the document prefixes).
-    landing_rows = pd.DataFrame(
-        {"document_id": landing.document, "prefix": landing.prefix, "key": landing.key, "weight": landing.weight}
-    )
-    ads = promoted[["ad_id", "document_id"]].merge(landing_rows, on="document_id", how="inner", sort=False)
-    n_ads = len(promoted)
-    ad_id = np.concatenate([ads["ad_id"].to_numpy(np.int64), np.tile(promoted["ad_id"].to_numpy(np.int64), 2)])
-    prefix = np.concatenate(
-        [ads["prefix"].to_numpy(np.int64), np.full(n_ads, len(_PREFIXES)), np.full(n_ads, len(_PREFIXES) + 1)]
-    )
-    campaign, advertiser = promoted["campaign_id"].to_numpy(np.int64), promoted["advertiser_id"].to_numpy(np.int64)
-    key = np.concatenate([ads["key"].to_numpy(np.int64), campaign, advertiser])
-    weight = np.concatenate([ads["weight"].to_numpy(np.float64), np.ones(2 * n_ads)])
-
-    # The columns: the distinct tokens, in the order of their text ("prefix:id").
-    names = [*_PREFIXES, "campaign", "advertiser"]
-    order = np.lexsort((key, prefix))
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = (prefix[order][1:] != prefix[order][:-1]) | (key[order][1:] != key[order][:-1])
-    pair_prefix, pair_key = prefix[order][new], key[order][new]
-    token_of_row = np.empty(len(order), dtype=np.int64)
-    token_of_row[order] = np.cumsum(new) - 1
-    texts = [
-        f"{names[code]}:{landing.texts[value] if names[code] == 'entity' else value}"
-        for code, value in zip(pair_prefix.tolist(), pair_key.tolist(), strict=True)
-    ]
-    text_order = np.argsort(np.asarray(texts, dtype=object), kind="stable")
-    column_of_token = np.empty(len(texts), dtype=np.int64)
-    column_of_token[text_order] = np.arange(len(texts))
-    n_columns = len(texts)
-
     # The item-token matrix, IDF and basis from the training ads alone.
-    item_row = pd.Index(item_ids).get_indexer(ad_id)
-    items = sparse.csr_matrix((weight, (item_row, column_of_token[token_of_row])), shape=(len(item_ids), n_columns))
+    items, pair_prefix, pair_key, column_of_token = _item_token_matrix(promoted, landing, item_ids)
+    n_columns = items.shape[1]
     fitted = items[np.flatnonzero(fit)]
     document_frequency = np.asarray((fitted > 0).sum(axis=0)).ravel()
     idf = np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0
     _, _, right = _truncated_svd(fitted @ sparse.diags(idf), dim)
     item_vectors = _normalise_rows(np.asarray((items @ sparse.diags(idf)) @ right.T))
+    del items, fitted
 
     # The context pages and pages read, projected from their kept rows (IDF times each token's basis row); tokens
-    # no ad has are ignored.
+    # no ad has are ignored. Each piece of rows is let go once summed.
     contribution = idf[:, None] * right.T
     totals = np.zeros((len(targets), right.shape[0]))
-    for part in target:
+    pending = target[::-1]
+    target.clear()
+    while pending:
+        part = pending.pop()
         # The tokens of one prefix are a sorted run of the distinct pairs: one binary search per row.
         found = np.full(len(part.key), -1, dtype=np.int64)
         for code in np.unique(part.prefix):
