@@ -554,9 +554,11 @@ class _Preparer:
             logger.info("no page_views.csv in %s: impressions get no page-view vector", folder)
         elif not options.page_views:
             self.notes.append("page_views.csv is ignored (page_views=False): imp_pageviews has 0 columns")
+        # Page views count for a quarter of their text: with 20 million generated ones beside size 0.1, buckets four
+        # times as large for them took 0.7 s less (fewer, larger writes) and no more memory (350 MB against 367 MB).
         user_text = self.events_path.stat().st_size
         if self.use_page_views:
-            user_text += self.page_views_path.stat().st_size
+            user_text += self.page_views_path.stat().st_size // 4
         self.n_user_buckets = int(np.clip(-(-user_text // bucket_bytes), 1, MAX_BUCKETS))
 
         # Phases 1 and 2 hold both display partitions' files open, phases 3 and 9 the user buckets': fewer (larger)
