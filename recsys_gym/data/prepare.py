@@ -56,9 +56,10 @@ Phases 1 and 2 run side by side, as do phases 7 and 8; phases 3 and 4 work on tw
 9. **Page views** (when ``page_views.csv`` is present and ``PrepareOptions.page_views`` is on). Phase 4
    also sets, for every kept user, one bit of a fixed-size bitset (at most 128 MB) addressed by a hash of
    the uuid prefix. After phase 4, ``page_views.csv`` (``uuid, document_id, timestamp``; the other columns
-   are not read, so ``\\N`` or empty platforms do not matter) is streamed once: rows outside the time
-   window are dropped, rows whose bit is not set (their user has no impression) are dropped, and the rest
-   are appended to the page-view file of their user bucket (the same uuid ranges). While phase 6 writes a
+   are not read, so ``\\N`` or empty platforms do not matter) is streamed once, the next block parsed on a
+   thread while this one is filtered and written: rows outside the time window are dropped, rows whose
+   bit is not set (their user has no impression) are dropped, and the rest are appended to the page-view
+   file of their user bucket (the same uuid ranges). While phase 6 writes a
    user bucket it joins that bucket's page views with its users exactly: rows of other users (hash
    collisions) are dropped and counted with the others, rows at or after the user's last impression can
    never be used and are dropped, identical (uuid, document_id, timestamp) rows are dropped, and the
