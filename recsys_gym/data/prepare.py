@@ -44,8 +44,9 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
    item vectors up to ARPACK's accuracy and the sign convention.
 8. **Content features.** The document files are read once, chunk by chunk and two at a time, keeping
    only the rows of the documents that matter: the ads' landing pages (via ``promoted_content.csv``)
-   as token strings, the context pages and pages read as integer token keys (a hash for entity ids).
-   Without page views this read runs beside phase 6. A missing file warns once and degrades. The
+   as compact token keys (a hash for entity ids, whose text is kept once), the context pages and pages
+   read likewise (the pages of every page view written to the user buckets in phase 9: a superset of
+   those kept). This read runs beside phase 6. A missing file warns once and degrades. The
    token reduction (IDF-weighted truncated SVD) is learned on the ads shown in the training split
    only, then every ad, context page and page read is projected on it (tokens no ad has are ignored).
    These tables are catalogue-sized (with page views, the documents read count in the catalogue).
@@ -582,7 +583,9 @@ class _Preparer:
         self.page_view_buckets: list[Path] = []
         self.page_view_parts: list[tuple[int, int, int, Path | None]] = []
         self.page_documents = np.zeros(0, dtype=np.int64)
-        self.page_document_parts: list[np.ndarray] = []
+        # The documents of the page views kept in phase 6, and of those written to the buckets (a superset, known earlier).
+        self.page_document_set = _DistinctIds()
+        self.page_document_candidates = _DistinctIds()
 
     def add(self, reason: str, count: int) -> None:
         """Add ``count`` to a counter (from any of the phase threads)."""
@@ -614,14 +617,16 @@ class _Preparer:
         _pause_if_asked("after_sort", self.tmp_dir)
         if self.use_page_views:
             self.partition_page_views()
-        # Without page views the documents whose content is needed are known now: read them while the arrays are
-        # written (the reduction itself waits for the training counts).
+        # The documents whose content is needed are known now: read them while the arrays are written (the reduction
+        # itself waits for the training counts).
         with ThreadPoolExecutor(min(2, self.n_threads)) as pool:
             early = None
-            if not self.use_page_views and self.options.content_dim > 0:
+            if self.options.content_dim > 0:
+                # The context pages, and every page of the page views written to the buckets (a superset of those kept).
+                targets = _sorted_unique(np.concatenate([self.documents, self.page_document_candidates.result()]))
                 # In smaller chunks than the other files: this read shares the memory of phase 6 (and is not the longer).
                 chunk = max(1, self.chunk_rows // 4)
-                early = pool.submit(_read_document_rows, self.folder, self.ads, self.documents, chunk, self.notes)
+                early = pool.submit(_read_document_rows, self.folder, self.ads, targets, chunk, self.notes)
             cut_time = self.split_point()
             self.write_arrays(cut_time)
             _pause_if_asked("after_write", self.tmp_dir)
@@ -1064,6 +1069,7 @@ class _Preparer:
                         continue
                     bucket = np.searchsorted(self.user_bounds, keys[keep], side="right").astype(np.int64)
                     writers.write(bucket, [uuid.filter(pa.array(keep)), document[keep], timestamp[keep]])
+                    self.page_document_candidates.add(document[keep])
         finally:
             writers.close()
         self.page_view_buckets = writers.paths
@@ -1110,23 +1116,10 @@ class _Preparer:
         if (~repeated).sum() == 0:
             return None
         rows = np.stack([user[~repeated] + user0, timestamp[~repeated], document[~repeated]], axis=1)
-        self.add_page_documents(_sorted_unique(rows[:, 2]))
+        self.page_document_set.add(rows[:, 2])
         out = self.buckets / f"pageviews-{bucket:04d}.npy"
         np.save(out, rows, allow_pickle=False)
         return out
-
-    def add_page_documents(self, documents: np.ndarray | None) -> None:
-        """Add sorted, distinct document ids to ``self.page_documents``; ``None`` merges what is pending.
-
-        Parts are merged once they hold as many ids as the merged set (plus a million), so the work stays linear in
-        the number of ids however many buckets there are.
-        """
-        if documents is not None:
-            self.page_document_parts.append(documents)
-        pending = sum(len(part) for part in self.page_document_parts)
-        if pending and (documents is None or pending > len(self.page_documents) + (1 << 20)):
-            self.page_documents = _sorted_unique(np.concatenate([self.page_documents, *self.page_document_parts]))
-            self.page_document_parts = []
 
     # -- phase 5 -------------------------------------------------------------------------------
     def split_point(self) -> int:
@@ -1274,7 +1267,7 @@ class _Preparer:
                 update(1)
         for writer in out.values():
             writer.close()
-        self.add_page_documents(None)
+        self.page_documents = self.page_document_set.result()
         self.arrays = {name: writer.path for name, writer in out.items()}
         np.save(self.tmp_dir / "item_ids.npy", encode_strings([str(item) for item in self.item_ids]), allow_pickle=False)
         np.save(self.tmp_dir / "context_ids.npy", self.context_ids.astype(np.int64), allow_pickle=False)
@@ -1446,11 +1439,13 @@ def _page_view_vectors(
     # The mean over the last `history` of them, summed from the newest back (nothing later ever enters a sum).
     total = np.zeros((n, dim))
     counted = np.zeros(n)
+    active = np.flatnonzero(count > 0)
     for back in range(1, history + 1):
-        impressions = np.flatnonzero(end - back >= first)
-        if len(impressions) == 0:
+        # The impressions with at least `back` views before them (fewer at each step).
+        active = active[count[active] >= back]
+        if len(active) == 0:
             break
-        views = end[impressions] - back
+        impressions, views = active, end[active] - back
         with_content = view_has_content[views]
         impressions, views = impressions[with_content], views[with_content]
         total[impressions] += view_vectors[views]
@@ -1881,6 +1876,33 @@ def _has_duplicate_pairs(display: np.ndarray, ad: np.ndarray) -> bool:
         return bool((keys[1:] == keys[:-1]).any())
     pairs = np.stack([display, ad], axis=1)
     return len(np.unique(pairs, axis=0)) < len(pairs)
+
+
+class _DistinctIds:
+    """The distinct integer ids of many arrays, gathered piece by piece in memory linear in the number of distinct ids.
+
+    Pieces are reduced to their distinct ids as they come and merged once they hold as many ids as the merged set
+    (plus a million), so the work stays linear however many pieces there are.
+    """
+
+    def __init__(self) -> None:
+        self.merged = np.zeros(0, dtype=np.int64)
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        part = _distinct(np.asarray(ids, dtype=np.int64))
+        self.pending.append(part)
+        self.n_pending += len(part)
+        if self.n_pending > len(self.merged) + (1 << 20):
+            self.result()
+
+    def result(self) -> np.ndarray:
+        """The sorted distinct ids added so far."""
+        if self.pending:
+            self.merged = _sorted_unique(np.concatenate([self.merged, *self.pending]))
+            self.pending, self.n_pending = [], 0
+        return self.merged
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
