@@ -1639,21 +1639,14 @@ def _item_token_matrix(
     """
     from scipy import sparse
 
-    # Every (ad, token, weight): the rows of the ad's landing page, then its campaign and advertiser (prefix codes
-    # after the document prefixes).
-    landing_rows = pd.DataFrame(
-        {"document_id": landing.document, "prefix": landing.prefix, "key": landing.key, "weight": landing.weight}
-    )
-    ads = promoted[["ad_id", "document_id"]].merge(landing_rows, on="document_id", how="inner", sort=False)
-    n_ads = len(promoted)
-    ad_id = np.concatenate([ads["ad_id"].to_numpy(np.int64), np.tile(promoted["ad_id"].to_numpy(np.int64), 2)])
-    prefix = np.concatenate(
-        [ads["prefix"].to_numpy(np.int64), np.full(n_ads, len(_PREFIXES)), np.full(n_ads, len(_PREFIXES) + 1)]
-    )
+    # The token of every landing-page row, then of every ad's campaign and advertiser (prefix codes after the document
+    # prefixes).
+    n_ads, n_rows = len(promoted), len(landing.key)
+    ad_ids, ad_pages = promoted["ad_id"].to_numpy(np.int64), promoted["document_id"].to_numpy(np.int64)
     campaign, advertiser = promoted["campaign_id"].to_numpy(np.int64), promoted["advertiser_id"].to_numpy(np.int64)
-    key = np.concatenate([ads["key"].to_numpy(np.int64), campaign, advertiser])
-    weight = np.concatenate([ads["weight"].to_numpy(np.float64), np.ones(2 * n_ads)])
-    del ads, landing_rows
+    campaign_code, advertiser_code = len(_PREFIXES), len(_PREFIXES) + 1
+    prefix = np.concatenate([landing.prefix.astype(np.int64), np.full(n_ads, campaign_code), np.full(n_ads, advertiser_code)])
+    key = np.concatenate([landing.key, campaign, advertiser])
 
     # The columns: the distinct tokens, in the order of their text ("prefix:id").
     names = [*_PREFIXES, "campaign", "advertiser"]
@@ -1663,6 +1656,7 @@ def _item_token_matrix(
     pair_prefix, pair_key = prefix[order][new], key[order][new]
     token_of_row = np.empty(len(order), dtype=np.int64)
     token_of_row[order] = np.cumsum(new) - 1
+    del order, new, prefix, key
     texts = [
         f"{names[code]}:{landing.texts[value] if names[code] == 'entity' else value}"
         for code, value in zip(pair_prefix.tolist(), pair_key.tolist(), strict=True)
@@ -1671,9 +1665,22 @@ def _item_token_matrix(
     column_of_token = np.empty(len(texts), dtype=np.int64)
     column_of_token[text_order] = np.arange(len(texts))
     n_columns = len(texts)
+    column = column_of_token[token_of_row]
 
-    item_row = pd.Index(item_ids).get_indexer(ad_id)
-    items = sparse.csr_matrix((weight, (item_row, column_of_token[token_of_row])), shape=(len(item_ids), n_columns))
+    # Each landing page's token weights (pages × tokens) and each ad's landing page (items × pages): the ads' page
+    # tokens are their product, never listed row by row. Campaigns and advertisers are added on their own.
+    pages = _sorted_unique(landing.document)
+    page_tokens = sparse.csr_matrix(
+        (landing.weight, (np.searchsorted(pages, landing.document), column[:n_rows])), shape=(len(pages), n_columns)
+    )
+    item_row = pd.Index(item_ids).get_indexer(ad_ids)
+    has_page = _in_sorted(ad_pages, pages)
+    ad_page = sparse.csr_matrix(
+        (np.ones(int(has_page.sum())), (item_row[has_page], np.searchsorted(pages, ad_pages[has_page]))),
+        shape=(len(item_ids), len(pages)),
+    )
+    own = sparse.csr_matrix((np.ones(2 * n_ads), (np.tile(item_row, 2), column[n_rows:])), shape=(len(item_ids), n_columns))
+    items = (ad_page @ page_tokens + own).tocsr()
     return items, pair_prefix, pair_key, column_of_token
 
 
