@@ -382,3 +382,12 @@ def test_a_low_open_file_limit_gives_fewer_buckets_and_the_same_cache(generated:
     clean = prepare_outbrain(generated, tmp_path / "clean", progress=False)
     for name in EXACT:
         assert np.array_equal(getattr(low, name), getattr(clean, name)), name
+
+
+def test_content_features_are_the_same_bits_in_every_run(generated: Path, tmp_path: Path) -> None:
+    # Small chunks: the document files come in many pieces, read by two threads in whatever order they finish.
+    runs = [prepare_outbrain(generated, tmp_path / f"run{i}", chunk_rows=200, progress=False) for i in range(3)]
+    for run in runs[1:]:
+        assert run.item_features.tobytes() == runs[0].item_features.tobytes()
+        assert run.context_features.tobytes() == runs[0].context_features.tobytes()
+        assert run.manifest["array_blake2b"] == runs[0].manifest["array_blake2b"]

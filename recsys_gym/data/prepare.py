@@ -96,6 +96,7 @@ leftover and rebuilds.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -680,6 +681,7 @@ class _Preparer:
                     on_bad_lines=self.on_bad_lines,
                     counts=self.counts,
                     progress=update,
+                    parse_threads=False,
                 ):
                     display, ad, clicked = batch["display_id"], batch["ad_id"], batch["clicked"]
                     invalid = (clicked != 0) & (clicked != 1)
@@ -720,6 +722,7 @@ class _Preparer:
                     on_bad_lines=self.on_bad_lines,
                     counts=self.counts,
                     progress=update,
+                    parse_threads=False,
                 ):
                     # Platform codes: 1, 2, 3, and \N for unknown (0); anything else is bad input.
                     platform_index = pc.index_in(batch["platform"], value_set=pa.array(known)).to_numpy(zero_copy_only=False)
@@ -1504,18 +1507,19 @@ def _document_token_rows(
     file_name: str,
     documents: np.ndarray,
     chunk_rows: int,
-    consume: Callable[[np.ndarray, int, np.ndarray, np.ndarray, pa.Array | None], None],
+    consume: Callable[[tuple[int, int], np.ndarray, int, np.ndarray, np.ndarray, pa.Array | None], None],
 ) -> None:
     """Stream one document file, handing ``consume`` the token rows of ``documents``, one chunk at a time.
 
-    ``consume(document, prefix index, key, weight, texts)`` gets NumPy arrays aligned by row (``texts``: the Arrow
+    ``consume(origin, document, prefix index, key, weight, texts)`` gets NumPy arrays aligned by row (``texts``: the Arrow
     strings of entity ids, ``None`` for numeric tokens); nothing is kept between chunks. A confidence outside [0, 1]
     is an error naming the line; a confidence of 0 gives no token.
 
     :param documents: the sorted, distinct document ids wanted.
     """
     path = folder / file_name
-    for batch in stream_csv(path, FILE_COLUMNS[file_name], chunk_rows=chunk_rows):
+    # The document files are read two at a time: each block is parsed on its reading thread.
+    for batch in stream_csv(path, FILE_COLUMNS[file_name], chunk_rows=chunk_rows, parse_threads=False):
         wanted = _in_sorted(batch["document_id"], documents)
         if "confidence_level" in batch:
             confidence = batch["confidence_level"]
@@ -1531,7 +1535,7 @@ def _document_token_rows(
             wanted &= confidence > 0
         if not wanted.any():
             continue
-        for column, prefix, weight_column in _DOCUMENT_TOKENS[file_name]:
+        for position, (column, prefix, weight_column) in enumerate(_DOCUMENT_TOKENS[file_name]):
             values = batch[column]
             texts = None
             if isinstance(values, (pa.Array, pa.ChunkedArray)):
@@ -1544,7 +1548,8 @@ def _document_token_rows(
                 keys = values[known].astype(np.int64)
             if known.any():
                 weights = batch[weight_column][known] if weight_column else np.ones(int(known.sum()))
-                consume(batch["document_id"][known], _PREFIXES.index(prefix), keys, weights.astype(np.float64), texts)
+                origin = (int(batch["_row"]), position)
+                consume(origin, batch["document_id"][known], _PREFIXES.index(prefix), keys, weights.astype(np.float64), texts)
 
 
 def _read_document_rows(
@@ -1582,11 +1587,19 @@ def _read_document_rows(
 
     # One pass over the document files: the rows of the landing pages (with the text of their entity ids, which
     # orders the token columns) and of the targets (documents as indices into targets).
-    landing_parts: list[_TokenRows] = []
-    target_parts: list[_TokenRows] = []
+    landing_parts: list[tuple[tuple[int, int, int], _TokenRows]] = []
+    target_parts: list[tuple[tuple[int, int, int], _TokenRows]] = []
     lock = threading.Lock()
 
-    def keep_rows(documents: np.ndarray, prefix: int, keys: np.ndarray, weights: np.ndarray, texts: pa.Array | None) -> None:
+    def keep_rows(
+        file_index: int,
+        origin: tuple[int, int],
+        documents: np.ndarray,
+        prefix: int,
+        keys: np.ndarray,
+        weights: np.ndarray,
+        texts: pa.Array | None,
+    ) -> None:
         for_items = _in_sorted(documents, landing)
         for_pages = _in_sorted(documents, targets)
         parts = []
@@ -1603,17 +1616,25 @@ def _read_document_rows(
             parts.append((target_parts, _TokenRows(index, codes, keys[for_pages], weights[for_pages].astype(np.float32), {})))
         with lock:
             for into, part in parts:
-                into.append(part)
+                into.append(((file_index, *origin), part))
 
     document_files = [name for name in _DOCUMENT_TOKENS if name not in missing]
     threads = max(1, min(2, os.cpu_count() or 1))
     # The document files are independent: two at a time (parsing and NumPy work release the GIL).
     with ThreadPoolExecutor(threads) as pool:
         wanted = np.union1d(landing, targets)
-        jobs = [pool.submit(_document_token_rows, folder, name, wanted, chunk_rows, keep_rows) for name in document_files]
+        jobs = [
+            pool.submit(_document_token_rows, folder, name, wanted, chunk_rows, functools.partial(keep_rows, index))
+            for index, name in enumerate(document_files)
+        ]
         for done in jobs:
             done.result()
-    return _DocumentRows(promoted, _TokenRows.join(landing_parts), target_parts, targets)
+    # The pieces in file order, whichever thread read them first: the same input always gives the same sums.
+    landing_parts.sort(key=lambda entry: entry[0])
+    target_parts.sort(key=lambda entry: entry[0])
+    return _DocumentRows(
+        promoted, _TokenRows.join([part for _, part in landing_parts]), [part for _, part in target_parts], targets
+    )
 
 
 @dataclass
@@ -1724,11 +1745,20 @@ def _streamed_content_vectors(
     totals = np.zeros((len(targets), right.shape[0]))
     pending = target[::-1]
     target.clear()
+    hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add_hits() -> None:
+        # One product for many pieces' matched rows (each product makes a dense array of every target).
+        documents, columns, weights = (np.concatenate(part) for part in zip(*hits, strict=True))
+        shares = sparse.csr_matrix((weights, (documents, columns)), shape=(len(targets), n_columns))
+        totals[...] += shares @ contribution
+        hits.clear()
+
     while pending:
         part = pending.pop()
-        # The tokens of one prefix are a sorted run of the distinct pairs: one binary search per row.
         found = np.full(len(part.key), -1, dtype=np.int64)
         for code in np.unique(part.prefix):
+            # The tokens of one prefix are a sorted run of the distinct pairs: one binary search per row.
             low, high = np.searchsorted(pair_prefix, [code, code + 1])
             if high == low:
                 continue
@@ -1737,12 +1767,9 @@ def _streamed_content_vectors(
             matched = pair_key[low + position] == part.key[rows_of_code]
             found[rows_of_code[matched]] = low + position[matched]
         hit = found >= 0
-        if hit.any():
-            shares = sparse.csr_matrix(
-                (part.weight[hit].astype(np.float64), (part.document[hit], column_of_token[found[hit]])),
-                shape=(len(targets), n_columns),
-            )
-            totals += shares @ contribution
+        hits.append((part.document[hit], column_of_token[found[hit]], part.weight[hit].astype(np.float64)))
+        if sum(len(entry[0]) for entry in hits) >= 1 << 18 or not pending:
+            add_hits()
     totals = _normalise_rows(totals)
     return item_vectors, totals[np.searchsorted(targets, context_ids)], totals[np.searchsorted(targets, page_ids)]
 
