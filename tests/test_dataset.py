@@ -147,3 +147,25 @@ def test_load_dataset_errors_name_the_argument(tmp_path: Path) -> None:
         load_dataset("outbrain", tmp_path / "nowhere")
     with pytest.raises(ValueError, match="needs data_dir"):
         load_dataset("interactions")
+
+
+def test_a_sealed_cache_is_loaded_without_hashing_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import recsys_gym.data.dataset as dataset_module
+
+    hashed: list[int] = []
+    real_digests = dataset_module._digests
+    monkeypatch.setattr(dataset_module, "_digests", lambda files: hashed.append(len(files)) or real_digests(files))
+    source = tmp_path / "log.csv"
+    rows = "".join(f"u{u},i{(u * 3 + t) % 9},{10 * t + u}\n" for u in range(6) for t in range(5))
+    source.write_text("user_id,item_id,timestamp\n" + rows)
+    built = load_dataset("interactions", source, cache_dir=tmp_path / "cache")
+    # One pass of digests, when the cache was sealed; loading it (here and anew) reads no array in full.
+    assert hashed == [len(dataset_module._ARRAY_NAMES)]
+    assert _is_trusted(built.path) and CompactDataset(built.path).n_impressions == built.n_impressions
+    assert hashed == [len(dataset_module._ARRAY_NAMES)]
+    # A damaged array is still caught: its time changed, so the full check runs.
+    target = built.path / "imp_clicked.npy"
+    damaged = bytearray(target.read_bytes())
+    damaged[-1] ^= 0x01
+    target.write_bytes(bytes(damaged))
+    assert not _is_trusted(built.path) and len(hashed) == 2

@@ -693,6 +693,9 @@ def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
         except OSError:
             if not _is_trusted(out_dir):
                 raise
+        else:
+            # The digests were just taken of these very files: the first load need not read them all again.
+            _stamp_verified(out_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
