@@ -217,6 +217,32 @@ def write_page_views(source: Path, target: Path, rows: int, known: float, seed: 
     partial.rename(target / "page_views.csv")
 
 
+def run_row(
+    label: str,
+    size: float,
+    raw: Path,
+    side: str,
+    repeat: int,
+    n_rows: int,
+    counts: dict[str, int],
+    seconds: float,
+    peak_mb: float,
+) -> dict[str, Any]:
+    """One measured run as a row of ``prepare.csv``."""
+    return {
+        "input": label,
+        "size": size,
+        "ads": int(json.loads((raw / "GENERATED.json").read_text(encoding="utf-8"))["n_ads"]),
+        "side": side,
+        "repeat": repeat,
+        "input_rows": n_rows,
+        "clicks_rows": counts.get("clicks_train.csv", 0),
+        "seconds": seconds,
+        "peak_mb": peak_mb,
+        "rows_per_s": n_rows / seconds,
+    }
+
+
 def input_rows(raw: Path) -> dict[str, int]:
     """Data rows of each CSV file of a generated folder, from its GENERATED.json."""
     generated = json.loads((raw / "GENERATED.json").read_text(encoding="utf-8"))
@@ -296,20 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 if code != 0:
                     log = work / f"{side}-{label}.log"
                     raise SystemExit(f"{side} preparation of {label} failed (exit code {code}); see {log}")
-                rows.append(
-                    {
-                        "input": label,
-                        "size": size,
-                        "ads": int(json.loads((raw / "GENERATED.json").read_text(encoding="utf-8"))["n_ads"]),
-                        "side": side,
-                        "repeat": repeat,
-                        "input_rows": n_rows,
-                        "clicks_rows": counts.get("clicks_train.csv", 0),
-                        "seconds": seconds,
-                        "peak_mb": peak_mb,
-                        "rows_per_s": n_rows / seconds,
-                    }
-                )
+                rows.append(run_row(label, size, raw, side, repeat, n_rows, counts, seconds, peak_mb))
                 logger.info("%s, %s #%d: %.1f s, peak %.0f MB", side, label, repeat, seconds, peak_mb)
 
     # page_views.csv beside the larger input: the streaming side only (the obvious approach has no page views).
@@ -333,20 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             if code != 0:
                 raise SystemExit(f"streaming preparation of {views_label} failed (exit code {code})")
             n_rows = sum(counts.get(name, 0) for name in REAL_ROWS) + args.page_views
-            rows.append(
-                {
-                    "input": views_label,
-                    "size": large,
-                    "ads": int(json.loads((raw / "GENERATED.json").read_text(encoding="utf-8"))["n_ads"]),
-                    "side": "streaming",
-                    "repeat": repeat,
-                    "input_rows": n_rows,
-                    "clicks_rows": counts.get("clicks_train.csv", 0),
-                    "seconds": seconds,
-                    "peak_mb": peak_mb,
-                    "rows_per_s": n_rows / seconds,
-                }
-            )
+            rows.append(run_row(views_label, large, raw, "streaming", repeat, n_rows, counts, seconds, peak_mb))
             logger.info("streaming, %s #%d: %.1f s, peak %.0f MB", views_label, repeat, seconds, peak_mb)
 
     # Ratios, the extrapolation to the full data and the sharing check.

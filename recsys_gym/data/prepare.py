@@ -1829,18 +1829,23 @@ def _read_rows(path: Path, start: int, stop: int) -> np.ndarray:
         return np.fromfile(handle, dtype=dtype, count=stop - start, offset=start * dtype.itemsize)
 
 
+def _positions_in_ties(ordered: np.ndarray) -> np.ndarray:
+    """The positions of a sorted array that belong to a run of two or more equal values."""
+    tie = ordered[1:] == ordered[:-1]
+    in_run = np.zeros(len(ordered), dtype=bool)
+    in_run[1:] |= tie
+    in_run[:-1] |= tie
+    return np.flatnonzero(in_run)
+
+
 def _string_ranks(strings: pa.Array) -> np.ndarray:
     """Each string's rank in byte order among ``strings`` (distinct): by its 8-byte prefix key, and in full where those tie."""
     keys = uuid_prefix_keys(strings)
     order = np.argsort(keys)
     ordered = keys[order]
-    tie = ordered[1:] == ordered[:-1]
-    if tie.any():
+    where = _positions_in_ties(ordered)
+    if len(where):
         # Strings sharing a prefix key: ordered in full by Arrow, within their run.
-        in_run = np.zeros(len(order), dtype=bool)
-        in_run[1:] |= tie
-        in_run[:-1] |= tie
-        where = np.flatnonzero(in_run)
         runs = pa.table({"key": ordered[where], "text": strings.take(pa.array(order[where]))})
         within = pc.sort_indices(runs, sort_keys=[("key", "ascending"), ("text", "ascending")]).to_numpy()
         order[where] = order[where][within]
@@ -1864,13 +1869,9 @@ def _order_by_user_time_document(user: np.ndarray, timestamp: np.ndarray, docume
     key = user.astype(np.int64) * span + (timestamp - earliest)
     order = np.argsort(key)
     ordered = key[order]
-    tie = ordered[1:] == ordered[:-1]
-    if tie.any():
+    where = _positions_in_ties(ordered)
+    if len(where):
         # The rows of each run of equal keys, in place, sorted by (key, document).
-        in_run = np.zeros(len(order), dtype=bool)
-        in_run[1:] |= tie
-        in_run[:-1] |= tie
-        where = np.flatnonzero(in_run)
         order[where] = order[where][np.lexsort((document[order[where]], ordered[where]))]
     return order
 
