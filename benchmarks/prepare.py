@@ -418,7 +418,15 @@ def main(argv: list[str] | None = None) -> int:
         f"| {full_minutes:.1f} min | < {TARGET_FULL_MINUTES:.0f} min |"
     )
     views_note = "`page_views.csv` was not measured (`--page-views 0`)."
-    if args.page_views:
+    if args.page_views and (
+        stream.loc[views_label, "seconds"] - stream.loc[large_label, "seconds"] < 0.1 * stream.loc[large_label, "seconds"]
+    ):
+        # Too few page views to time apart from the run-to-run spread.
+        views_note = (
+            f"The {args.page_views:,} page views added less than a tenth to the run's time: too few to measure their "
+            "rate (raise --page-views)."
+        )
+    elif args.page_views:
         extra = stream.loc[views_label, "seconds"] - stream.loc[large_label, "seconds"]
         view_rate = args.page_views / extra
         with_views = full_minutes + REAL_PAGE_VIEW_ROWS / view_rate / 60.0
