@@ -1,8 +1,10 @@
-"""The ``recsys-gym`` command line: ``recsys-gym prepare outbrain --raw DIR [--out DIR] [options]``.
+"""The ``recsys-gym`` command line.
 
-It runs :func:`recsys_gym.data.prepare.prepare_outbrain` and prints what was read, dropped and why,
-then the prepared dataset's summary. Progress bars go to stderr (``--quiet`` turns them and the log
-lines off).
+- ``recsys-gym prepare outbrain --raw DIR [--out DIR] [options]`` runs
+  :func:`recsys_gym.data.prepare.prepare_outbrain` and prints what was read, dropped and why, then the
+  prepared dataset's summary. Progress bars go to stderr (``--quiet`` turns them and the log lines off).
+- ``recsys-gym generate outbrain --out DIR [--size F] [--seed N]`` writes the built-in synthetic data
+  (:func:`recsys_gym.data.synthetic.generate_outbrain`): a raw folder in Kaggle's schema, ready for ``--raw``.
 """
 
 from __future__ import annotations
@@ -57,12 +59,43 @@ def build_parser() -> argparse.ArgumentParser:
     outbrain.add_argument(
         "--quiet", action="store_true", help="no progress bars and no log lines; the counts and notes are printed at the end"
     )
+    generate = commands.add_parser("generate", help="write the built-in synthetic data as raw files")
+    kinds = generate.add_subparsers(dest="source", required=True)
+    synthetic = kinds.add_parser(
+        "outbrain",
+        help="every Kaggle Outbrain file, in its schema and with its statistics",
+        description="Write the built-in synthetic click log as the Kaggle Outbrain files (page_views.csv excepted), "
+        "a raw folder for `recsys-gym prepare outbrain --raw`.",
+    )
+    synthetic.add_argument("--out", required=True, help="folder to write (created; files of an earlier run replaced)")
+    synthetic.add_argument(
+        "--size", type=float, default=0.0005, help="fraction of the real data's counts (default 0.0005; 0.1 is a tenth)"
+    )
+    synthetic.add_argument("--seed", type=int, default=0, help="random seed: the same arguments write the same bytes")
     return parser
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Run ``recsys-gym generate outbrain``."""
+    from recsys_gym.data.synthetic import generate_outbrain
+
+    try:
+        folder = generate_outbrain(args.out, size=args.size, seed=args.seed)
+    except ValueError as err:
+        print(f"recsys-gym generate outbrain: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("recsys-gym generate outbrain: interrupted; the folder has no GENERATED.json and is incomplete", file=sys.stderr)
+        return 130
+    print(f"wrote {folder}: " + ", ".join(sorted(path.name for path in folder.glob("*.csv"))))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``recsys-gym``; return the exit status (0 done, 1 bad input or options, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        return generate(args)
     # Quiet: errors only (the notes and counts are printed below); else each phase and the counts are logged.
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from recsys_gym.data.prepare import PrepareOptions, format_counts, prepare_outbrain

@@ -67,3 +67,34 @@ def test_a_short_line_in_a_late_block_names_its_line(tmp_path: Path) -> None:
     )
     assert sum(len(batch["ad_id"]) for batch in batches) == 129
     assert counts == {"c.csv: rows read": 129, "c.csv: malformed lines skipped": 1}
+
+
+CLICK_COLUMNS = {"display_id": "int", "ad_id": "int", "clicked": "int"}
+
+
+def test_values_of_the_wrong_type_are_named_or_skipped(tmp_path: Path) -> None:
+    huge = "9" * 200_000
+    lines = [f"{i},{i},0" for i in range(30)]
+    lines[5] = "5,x1,0"  # not an integer
+    lines[12] = "display_id,ad_id,clicked"  # a repeated header
+    lines[20] = f"20,{huge},0"  # too large for an int64 (and longer than the csv module's default field limit)
+    path = write(tmp_path / "c.csv", "display_id,ad_id,clicked\n" + "\n".join(lines) + "\n")
+    # Error mode: the first one, by line, with the skip option named.
+    with pytest.raises(DataError, match=r"line 7 column 'ad_id' holds 'x1', expected an integer .*--skip-bad-lines"):
+        list(stream_csv(path, CLICK_COLUMNS, chunk_rows=1000))
+    # Skip mode: the three lines are counted and every other row comes through, in order.
+    counts: dict[str, int] = {}
+    batches = list(stream_csv(path, CLICK_COLUMNS, chunk_rows=10, on_bad_lines="skip", counts=counts))
+    kept = np.concatenate([batch["display_id"] for batch in batches])
+    assert kept.tolist() == [i for i in range(30) if i not in (5, 12, 20)]
+    assert counts == {"c.csv: rows read": 27, "c.csv: malformed lines skipped": 3}
+    assert all(batch["ad_id"].dtype == np.int64 for batch in batches)
+
+
+def test_a_huge_bad_value_is_named_with_its_length_not_in_full(tmp_path: Path) -> None:
+    lines = [f"{i},{i},0" for i in range(10)]
+    lines[4] = "4," + "7" * 150_000 + "z,0"
+    path = write(tmp_path / "c.csv", "display_id,ad_id,clicked\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 6 column 'ad_id' holds '7{40}'\.\.\. \(150,001 characters\)") as caught:
+        list(stream_csv(path, CLICK_COLUMNS, chunk_rows=1000))
+    assert len(str(caught.value)) < 500

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,16 @@ def test_a_sealed_cache_is_loaded_without_hashing_it_again(tmp_path: Path, monke
     damaged[-1] ^= 0x01
     target.write_bytes(bytes(damaged))
     assert not _is_trusted(built.path) and len(hashed) == 2
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_sealed_cache_has_the_permissions_of_a_new_folder(tmp_path: Path) -> None:
+    source = tmp_path / "log.csv"
+    source.write_text(
+        "user_id,item_id,timestamp\n" + "".join(f"u{u},i{(u + t) % 5},{t}\n" for u in range(4) for t in range(4))
+    )
+    built = load_dataset("interactions", source, cache_dir=tmp_path / "cache")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    # Not the private 0700 of the temporary folder it was built in: others may read a shared cache.
+    assert built.path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -391,3 +391,33 @@ def test_content_features_are_the_same_bits_in_every_run(generated: Path, tmp_pa
         assert run.item_features.tobytes() == runs[0].item_features.tobytes()
         assert run.context_features.tobytes() == runs[0].context_features.tobytes()
         assert run.manifest["array_blake2b"] == runs[0].manifest["array_blake2b"]
+
+
+def test_an_over_long_user_id_is_named_or_skipped(tmp_path: Path) -> None:
+    from recsys_gym.data.prepare import MAX_ID_BYTES
+
+    # Display 3's user id is 5 MB long: storing every id at its width would take 5 MB per user.
+    long_id = "f" * 5_000_000
+    events = EVENTS.replace("3,aaa,102,182,2,", f"3,{long_id},102,182,2,")
+    raw_dir = write_files(tmp_path / "raw", {"events.csv": events, "clicks_train.csv": CLICKS})
+    with pytest.raises(DataError, match=rf"events.csv: line 4 column 'uuid' holds an id of 5,000,000 bytes; .*{MAX_ID_BYTES}"):
+        prepare_outbrain(raw_dir, tmp_path / "out", progress=False)
+    # Skipped, the event is counted as a malformed line and its display has no event (its clicks are counted too).
+    data = prepare_outbrain(raw_dir, tmp_path / "out", progress=False, on_bad_lines="skip")
+    counts = data.manifest["prepare_counts"]
+    assert counts["events.csv: malformed lines skipped"] == 1 and counts["events.csv: rows read"] == 3
+    assert 3 not in data.imp_raw_id.tolist() and list(data.user_ids) == ["aaa", "bbb"]
+    assert (data.path / "user_ids.npy").stat().st_size < 1000
+
+
+def test_the_command_line_generates_a_raw_folder_that_prepares(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "outbrain", "--out", str(tmp_path / "raw"), "--size", "0.0002"]) == 0
+    assert "clicks_train.csv" in capsys.readouterr().out
+    # The same files as the Python function writes, byte for byte.
+    reference = generate_outbrain(tmp_path / "reference", size=0.0002)
+    for name in ("events.csv", "clicks_train.csv", "promoted_content.csv"):
+        assert (tmp_path / "raw" / name).read_bytes() == (reference / name).read_bytes()
+    assert main(["prepare", "outbrain", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert CompactDataset(tmp_path / "cache").n_users == 2990
+    assert main(["generate", "outbrain", "--out", str(tmp_path / "bad"), "--size", "2"]) == 1
+    assert "size=2.0 is out of range" in capsys.readouterr().err

@@ -5,8 +5,8 @@ one block of text and its parsed batch whatever the file's size. Faults are repo
 line: a missing or misspelt column (with the closest spelling found), a line with the wrong number
 of fields, an empty required value, a value of the wrong type; compressed or binary files are
 recognised before parsing and named as such. With ``on_bad_lines="skip"`` lines with the wrong
-number of fields and empty required values are skipped and counted instead; a value that does not
-parse as its type (``abc`` in an integer column) is always an error.
+number of fields, empty required values and values that do not parse as their type (``abc`` in an
+integer column, a repeated header line) are skipped and counted instead.
 """
 
 from __future__ import annotations
@@ -140,7 +140,11 @@ def stream_csv(
         try:
             batch = _parse_block(block, header, columns, on_invalid, parse_threads)
         except pa.ArrowInvalid as err:
-            raise _located_error(path, header, columns, err, bad_lines, rows_done) from err
+            if on_bad_lines != "skip":
+                raise _located_error(path, header, columns, err, bad_lines, rows_done) from err
+            # A value that does not parse as its type: the block again, as text, without the lines that hold one.
+            batch, dropped = _parse_block_leniently(block, header, columns, on_invalid)
+            counts[skipped_key] = counts.get(skipped_key, 0) + dropped
         n_rows = batch.num_rows
         keep = np.ones(n_rows, dtype=bool)
 
@@ -228,6 +232,50 @@ def _parse_block(
     return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
 
 
+#: What a value must look like to parse as each numeric type (an int64 of up to 18 digits; a decimal float).
+_NUMBER_PATTERNS = {
+    pa.int64(): r"^[+-]?[0-9]{1,18}$",
+    pa.float64(): r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^(?i:[+-]?(nan|inf|infinity))$",
+}
+
+
+def _parse_block_leniently(
+    block: bytes, header: list[str], columns: Mapping[str, str], on_invalid: Callable[[Any], str]
+) -> tuple[Any, int]:
+    """Parse a block whose typed parse failed: every column as text, the lines with a value of the wrong type dropped.
+
+    :return: the record batch of ``columns`` with their types, and the number of lines dropped.
+    """
+    table = pacsv.read_csv(
+        pa.py_buffer(block),
+        read_options=pacsv.ReadOptions(column_names=header, use_threads=False, block_size=len(block) + 1),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in columns},
+            include_columns=list(columns),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    ).combine_chunks()
+    keep = np.ones(table.num_rows, dtype=bool)
+    for name, kind in columns.items():
+        pattern = _NUMBER_PATTERNS.get(ARROW_KINDS[kind])
+        if pattern is not None:
+            text = table.column(name)
+            good = pc.or_(pc.equal(text, ""), pc.match_substring_regex(text, pattern))
+            keep &= good.to_numpy(zero_copy_only=False)
+    table = table.filter(pa.array(keep))
+    arrays = []
+    for name, kind in columns.items():
+        text = table.column(name)
+        if ARROW_KINDS[kind] != pa.string():
+            # Empty values become missing ones, as in the typed parse.
+            text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text).cast(ARROW_KINDS[kind])
+        arrays.append(text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text)
+    batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
+    return batch, int((~keep).sum())
+
+
 def _located_error(
     path: Path, header: list[str], columns: Mapping[str, str], err: Exception, bad_lines: list[str], rows_done: int
 ) -> DataError:
@@ -255,7 +303,9 @@ def _located_error(
     if found is None:
         return DataError(f"{path}: cannot be parsed after data row {rows_done}: {err}")
     line, reason = found
-    return DataError(f"{path}: line {line} {reason}")
+    return DataError(
+        f"{path}: line {line} {reason} (pass on_bad_lines='skip' / --skip-bad-lines to skip and count such lines)"
+    )
 
 
 def prefetched(items: Iterator[_Item], depth: int = 1) -> Iterator[_Item]:

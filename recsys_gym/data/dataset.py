@@ -663,6 +663,18 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _umask() -> int:
+    """This process' file-creation mask, read without changing it (``/proc`` on Linux; 0o022 where unknown)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
     """Record the size and digest of every array of ``tmp_dir`` in its manifest (written last), then rename it to ``out_dir``.
 
@@ -679,6 +691,8 @@ def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
             "array_blake2b": _digests(files),
         }
         (tmp_dir / "PID").unlink(missing_ok=True)
+        # The temporary folder was made private (0700); the cache gets the permissions of any new folder.
+        os.chmod(tmp_dir, 0o777 & ~_umask())
         with open(tmp_dir / "manifest.json.tmp", "w", encoding="utf-8") as handle:
             json.dump(manifest, handle)
             handle.flush()

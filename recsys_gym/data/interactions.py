@@ -191,6 +191,13 @@ def _parses(value: str, kind: str) -> bool:
     return True
 
 
+def _shown_value(value: str, limit: int = 40) -> str:
+    """A value for an error message: its repr, cut after ``limit`` characters (with the full length said)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
+
+
 def _find_malformed_row(
     path: Path,
     header_names: Sequence[str],
@@ -220,6 +227,9 @@ def _find_malformed_row(
                 line = raw.decode(encoding).rstrip("\r\n")
             except UnicodeDecodeError as err:
                 return line_number, f"is not valid {encoding} text ({err.reason})"
+            # The csv module refuses fields over its limit (128 KiB by default): a line is split whatever its length.
+            if len(line) >= csv.field_size_limit():
+                csv.field_size_limit(len(line) + 1)
             fields = next(csv.reader([line], delimiter=sep, quoting=quoting))
             if len(fields) != len(header_names):
                 return line_number, f"has {len(fields)} field(s), expected {len(header_names)} ({sep.join(header_names)})"
@@ -228,7 +238,7 @@ def _find_malformed_row(
             for name, kind in columns.items():
                 value = fields[positions[name]]
                 if not _parses(value, kind):
-                    return line_number, f"column {name!r} holds {value!r}, expected {_KIND_WORDS[kind]}"
+                    return line_number, f"column {name!r} holds {_shown_value(value)}, expected {_KIND_WORDS[kind]}"
     return None
 
 

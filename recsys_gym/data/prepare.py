@@ -155,6 +155,9 @@ DEFAULT_BUCKET_BYTES = 4 << 20
 #: 600 display buckets, and with ``page_views.csv`` (100 GB) the user buckets hold about 100 MB of its text each.
 MAX_BUCKETS = 1024
 
+#: Longest user id (``uuid``) accepted, in bytes (Kaggle's are 14): the cache stores ids at the longest one's width.
+MAX_ID_BYTES = 64
+
 #: Files kept free for everything else when the bucket files are counted against the open-file limit.
 _SPARE_FILES = 64
 
@@ -738,8 +741,13 @@ class _Preparer:
                                 f"{batch['platform'][first].as_py()!r}, expected one of {known}"
                             )
                         keep = ~unknown
-                        self.add("events.csv: malformed lines skipped", int(unknown.sum()))
-                        self.add("events.csv: rows read", -int(unknown.sum()))
+                    # User ids longer than MAX_ID_BYTES: bad input (the cache stores every id at the longest one's width).
+                    too_long = self._too_long_ids(path, batch)
+                    if too_long is not None:
+                        keep = ~too_long if keep is None else keep & ~too_long
+                    if keep is not None:
+                        self.add("events.csv: malformed lines skipped", int((~keep).sum()))
+                        self.add("events.csv: rows read", -int((~keep).sum()))
                     codes = np.array([PLATFORM_CODES[value] for value in known], dtype=np.int8)
                     platform = codes[np.nan_to_num(platform_index.astype(np.float64), nan=0).astype(np.int64)]
                     display, uuid, document, timestamp = (
@@ -771,6 +779,23 @@ class _Preparer:
             self.user_bounds = np.unique(cuts)
         else:
             self.user_bounds = np.zeros(0, dtype=np.uint64)
+
+    def _too_long_ids(self, path: Path, batch: dict[str, Any]) -> np.ndarray | None:
+        """Rows whose ``uuid`` is longer than :data:`MAX_ID_BYTES` (``None`` when none is): an error, or a mask to skip."""
+        widths = pc.binary_length(batch["uuid"].cast(pa.binary())).to_numpy(zero_copy_only=False)
+        too_long = widths > MAX_ID_BYTES
+        if not too_long.any():
+            return None
+        if not self.skip:
+            from recsys_gym.data.interactions import line_of_row
+
+            first = int(np.flatnonzero(too_long)[0])
+            raise DataError(
+                f"{path}: line {line_of_row(path, batch['_row'] + first)} column 'uuid' holds an id of "
+                f"{int(widths[first]):,} bytes; ids of at most {MAX_ID_BYTES} bytes are supported (each user id is "
+                "stored at the width of the longest) (on_bad_lines='skip' / --skip-bad-lines skips and counts such lines)"
+            )
+        return too_long
 
     # -- phase 3 -------------------------------------------------------------------------------
     def join_displays(self) -> None:
@@ -1054,13 +1079,19 @@ class _Preparer:
                 for batch in prefetched(batches):
                     uuid, document, timestamp = batch["uuid"], batch["document_id"], batch["timestamp"]
 
-                    # The time window, as for impressions.
-                    keep = np.ones(len(timestamp), dtype=bool)
+                    # The time window, as for impressions; over-long user ids are bad input as in events.csv.
+                    valid = np.ones(len(timestamp), dtype=bool)
+                    too_long = self._too_long_ids(path, batch)
+                    if too_long is not None:
+                        valid = ~too_long
+                        self.add("page_views.csv: malformed lines skipped", int(too_long.sum()))
+                        self.add("page_views.csv: rows read", -int(too_long.sum()))
+                    keep = valid.copy()
                     if start is not None:
                         keep &= timestamp >= start
                     if end is not None:
                         keep &= timestamp < end
-                    self.add("page views dropped: outside the time window", int((~keep).sum()))
+                    self.add("page views dropped: outside the time window", int((valid & ~keep).sum()))
 
                     # Users whose bit is not set have no impression (a set bit may be a collision: checked in phase 6).
                     keys = uuid_prefix_keys(uuid)
