@@ -98,7 +98,10 @@ sys.stdin.read()
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0].replace("``", "")
+        + " The defaults (sizes 0.01 and 0.1, 20 million page views, 3 runs each) take about 6 minutes and 3 GB of memory"
+        " on 2 cores, and 2 GB of disk under --work.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--sizes", type=float, nargs=2, default=[0.01, 0.1], help="two generator sizes (fractions of the real data)"
@@ -111,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--page-views", type=int, default=20_000_000, help="page_views.csv rows written beside the larger input (0: none)"
     )
     parser.add_argument("--page-view-known", type=float, default=0.5, help="share of those rows whose user has impressions")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and page views")
     parser.add_argument("--out", default="runs/prepare", help="folder for the results")
     args = parser.parse_args(argv)
     small, large = args.sizes
@@ -400,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     peak = stream.loc[large_label, "peak_mb"]
     lines.append(f"| streaming peak memory at size {large:g} | {peak:,.0f} MB | < {TARGET_PEAK_MB:,} MB |")
     lines.append(
-        f"| its growth from size {small:g} to {large:g}, catalogue growing too | {100 * growth:+.0f}% "
+        f"| its growth from size {small:g} to {large:g}, catalogue {stream.loc[small_label, 'ads']:,} → "
+        f"{stream.loc[large_label, 'ads']:,} ads | {100 * growth:+.0f}% "
         f"| <= +{100 * TARGET_GROWTH:.0f}% |"
     )
     lines.append(

@@ -112,15 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             page_views=not args.no_page_views,
             page_view_history=args.page_view_history,
         )
-        dataset = prepare_outbrain(
-            args.raw,
-            args.out,
-            options=options,
-            on_bad_lines="skip" if args.skip_bad_lines else "error",
-            chunk_rows=args.chunk_rows,
-            progress=not args.quiet,
-            cache_dir=args.cache_dir,
-        )
+        # Log lines are written through tqdm, so they do not break its progress bars.
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():
+            dataset = prepare_outbrain(
+                args.raw,
+                args.out,
+                options=options,
+                on_bad_lines="skip" if args.skip_bad_lines else "error",
+                chunk_rows=args.chunk_rows,
+                progress=not args.quiet,
+                cache_dir=args.cache_dir,
+            )
     except (DataError, MissingDataError, ValueError) as err:
         print(f"recsys-gym prepare outbrain: error: {err}", file=sys.stderr)
         return 1

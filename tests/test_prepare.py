@@ -421,3 +421,17 @@ def test_the_command_line_generates_a_raw_folder_that_prepares(tmp_path: Path, c
     assert CompactDataset(tmp_path / "cache").n_users == 2990
     assert main(["generate", "outbrain", "--out", str(tmp_path / "bad"), "--size", "2"]) == 1
     assert "size=2.0 is out of range" in capsys.readouterr().err
+
+
+def test_every_file_read_is_counted(generated: Path, tmp_path: Path) -> None:
+    counts = prepare_outbrain(generated, tmp_path / "out", progress=False).manifest["prepare_counts"]
+    written = json.loads((generated / "GENERATED.json").read_text())["rows"]
+    for name in (
+        "clicks_train.csv",
+        "events.csv",
+        *(f"documents_{kind}.csv" for kind in ("topics", "categories", "entities", "meta")),
+    ):
+        assert counts[f"{name}: rows read"] == written[name], name
+    # promoted_content.csv: the rows of the ads the log shows (the file lists every ad of the catalogue).
+    assert 0 < counts["promoted_content.csv: rows of the log's ads"] <= written["promoted_content.csv"]
+    assert counts["promoted_content.csv: rows of the log's ads"] == counts["items"]

@@ -202,6 +202,11 @@ REASONS = (
     "page views dropped: at or after the user's last impression",
     "duplicate page view rows dropped",
     "page views kept",
+    "promoted_content.csv: rows of the log's ads",
+    "documents_topics.csv: rows read",
+    "documents_categories.csv: rows read",
+    "documents_entities.csv: rows read",
+    "documents_meta.csv: rows read",
     "items",
     "contexts",
 )
@@ -630,7 +635,7 @@ class _Preparer:
                 targets = _sorted_unique(np.concatenate([self.documents, self.page_document_candidates.result()]))
                 # In smaller chunks than the other files: this read shares the memory of phase 6 (and is not the longer).
                 chunk = max(1, self.chunk_rows // 4)
-                early = pool.submit(_read_document_rows, self.folder, self.ads, targets, chunk, self.notes)
+                early = pool.submit(_read_document_rows, self.folder, self.ads, targets, chunk, self.notes, self.counts)
             cut_time = self.split_point()
             self.write_arrays(cut_time)
             _pause_if_asked("after_write", self.tmp_dir)
@@ -1378,7 +1383,7 @@ class _Preparer:
         with self.bar("content files", None, "file"):
             if read is None:
                 targets = np.union1d(self.context_ids, self.page_documents).astype(np.int64)
-                read = (_read_document_rows(self.folder, self.item_ids, targets, self.chunk_rows, self.notes),)
+                read = (_read_document_rows(self.folder, self.item_ids, targets, self.chunk_rows, self.notes, self.counts),)
             rows = read[0]
             if rows is None:
                 return nothing
@@ -1539,6 +1544,7 @@ def _document_token_rows(
     documents: np.ndarray,
     chunk_rows: int,
     consume: Callable[[tuple[int, int], np.ndarray, int, np.ndarray, np.ndarray, pa.Array | None], None],
+    counts: dict[str, int] | None = None,
 ) -> None:
     """Stream one document file, handing ``consume`` the token rows of ``documents``, one chunk at a time.
 
@@ -1550,7 +1556,7 @@ def _document_token_rows(
     """
     path = folder / file_name
     # The document files are read two at a time: each block is parsed on its reading thread.
-    for batch in stream_csv(path, FILE_COLUMNS[file_name], chunk_rows=chunk_rows, parse_threads=False):
+    for batch in stream_csv(path, FILE_COLUMNS[file_name], chunk_rows=chunk_rows, parse_threads=False, counts=counts):
         wanted = _in_sorted(batch["document_id"], documents)
         if "confidence_level" in batch:
             confidence = batch["confidence_level"]
@@ -1584,7 +1590,7 @@ def _document_token_rows(
 
 
 def _read_document_rows(
-    folder: Path, ad_ids: np.ndarray, targets: np.ndarray, chunk_rows: int, notes: list[str]
+    folder: Path, ad_ids: np.ndarray, targets: np.ndarray, chunk_rows: int, notes: list[str], counts: dict[str, int]
 ) -> _DocumentRows | None:
     """Read what the content features need from the optional files, in one pass over the document files.
 
@@ -1597,6 +1603,7 @@ def _read_document_rows(
     :param targets: sorted, distinct document ids whose vectors are wanted.
     :param chunk_rows: rows parsed per chunk.
     :param notes: where missing optional files are noted.
+    :param counts: where the rows read from each file are counted.
     :return: the rows, or ``None`` when no ad has content (no ``promoted_content.csv``, or none of its ads in the log).
     """
     missing = note_missing_optional_files(folder, notes)
@@ -1612,6 +1619,7 @@ def _read_document_rows(
     if repeated.any():
         first = int(promoted["ad_id"].to_numpy()[repeated][0])
         raise DataError(f"{path}: ad_id {first} has more than one row; expected one per ad")
+    counts["promoted_content.csv: rows of the log's ads"] = len(promoted)
     if len(promoted) == 0:
         return None
     landing = np.unique(promoted["document_id"].to_numpy(dtype=np.int64))
@@ -1655,7 +1663,7 @@ def _read_document_rows(
     with ThreadPoolExecutor(threads) as pool:
         wanted = np.union1d(landing, targets)
         jobs = [
-            pool.submit(_document_token_rows, folder, name, wanted, chunk_rows, functools.partial(keep_rows, index))
+            pool.submit(_document_token_rows, folder, name, wanted, chunk_rows, functools.partial(keep_rows, index), counts)
             for index, name in enumerate(document_files)
         ]
         for done in jobs:
