@@ -153,6 +153,9 @@ def stream_csv(
             if kind.endswith("?"):
                 continue
             column = batch.column(name)
+            # Cheap checks first: most blocks have no missing value and no empty string.
+            if column.null_count == 0 and (kind != "str" or len(column) == 0 or pc.min(pc.binary_length(column)).as_py() > 0):
+                continue
             empty = column.is_null().to_numpy(zero_copy_only=False)
             if kind == "str":
                 empty = empty | (pc.utf8_length(column).to_numpy(zero_copy_only=False) == 0)
@@ -182,32 +185,38 @@ def stream_csv(
         del out, batch, column
 
 
-def _text_blocks(path: Path, block_size: int) -> Iterator[bytes]:
+def _text_blocks(path: Path, block_size: int) -> Iterator[bytearray]:
     """The data lines of a file (the header line left out) in blocks of about ``block_size`` bytes of whole lines.
 
     Reading here, one block at a time, bounds memory by the block: Arrow's streaming reader reads up to 32 blocks
-    ahead of the parser on a background thread, which grows memory with the file up to that depth.
+    ahead of the parser on a background thread, which grows memory with the file up to that depth. Each block is
+    read straight into its own buffer after the previous block's unfinished line (no other copy); the caller may
+    keep it.
     """
     with open(path, "rb") as handle:
         handle.readline()
         carried = b""
         while True:
-            data = handle.read(block_size)
-            if not data:
+            block = bytearray(len(carried) + block_size)
+            block[: len(carried)] = carried
+            got = handle.readinto(memoryview(block)[len(carried) :])
+            if not got:
                 break
+            del block[len(carried) + got :]
             # Cut after the last complete line; the rest waits for the next read (a line longer than a block grows it).
-            cut = data.rfind(b"\n") + 1
+            cut = block.rfind(b"\n", len(carried)) + 1
             if cut == 0:
-                carried += data
+                carried = bytes(block)
                 continue
-            yield carried + data[:cut]
-            carried = data[cut:]
+            carried = bytes(block[cut:])
+            del block[cut:]
+            yield block
         if carried:
-            yield carried
+            yield bytearray(carried)
 
 
 def _parse_block(
-    block: bytes, header: list[str], columns: Mapping[str, str], on_invalid: Callable[[Any], str], threads: bool
+    block: bytes | bytearray, header: list[str], columns: Mapping[str, str], on_invalid: Callable[[Any], str], threads: bool
 ) -> Any:
     """Parse one block of whole lines into a record batch of ``columns`` with explicit types.
 
@@ -240,7 +249,7 @@ _NUMBER_PATTERNS = {
 
 
 def _parse_block_leniently(
-    block: bytes, header: list[str], columns: Mapping[str, str], on_invalid: Callable[[Any], str]
+    block: bytes | bytearray, header: list[str], columns: Mapping[str, str], on_invalid: Callable[[Any], str]
 ) -> tuple[Any, int]:
     """Parse a block whose typed parse failed: every column as text, the lines with a value of the wrong type dropped.
 
