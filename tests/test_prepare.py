@@ -435,3 +435,45 @@ def test_every_file_read_is_counted(generated: Path, tmp_path: Path) -> None:
     # promoted_content.csv: the rows of the ads the log shows (the file lists every ad of the catalogue).
     assert 0 < counts["promoted_content.csv: rows of the log's ads"] <= written["promoted_content.csv"]
     assert counts["promoted_content.csv: rows of the log's ads"] == counts["items"]
+
+
+def test_bad_lines_of_the_optional_files_are_named_or_skipped(tmp_path: Path) -> None:
+    clean = prepare_outbrain(
+        write_files(tmp_path / "clean", ALL_FILES),
+        tmp_path / "clean-out",
+        options=PrepareOptions(content_dim=2, cf_dim=1),
+        progress=False,
+    )
+    # A wrong type in promoted_content.csv (line 6, an ad the log does not show) and a confidence above 1 in
+    # documents_topics.csv (line 6, a page no one reads): errors naming the line, or skipped and counted.
+    files = {
+        **ALL_FILES,
+        "promoted_content.csv": ALL_FILES["promoted_content.csv"] + "x1,300,9,72\n",
+        "documents_topics.csv": ALL_FILES["documents_topics.csv"] + "999,2,1.5\n",
+    }
+    raw_dir = write_files(tmp_path / "raw", files)
+    options = PrepareOptions(content_dim=2, cf_dim=1)
+    with pytest.raises(DataError, match=r"promoted_content\.csv: line 6 column 'ad_id' holds 'x1', expected an integer"):
+        prepare_outbrain(raw_dir, tmp_path / "strict", options=options, progress=False)
+    (raw_dir / "promoted_content.csv").write_text(ALL_FILES["promoted_content.csv"])
+    with pytest.raises(
+        DataError, match=r"documents_topics\.csv: line 7 column 'confidence_level' holds 1\.5.*--skip-bad-lines"
+    ):
+        prepare_outbrain(raw_dir, tmp_path / "strict", options=options, progress=False)
+    (raw_dir / "promoted_content.csv").write_text(files["promoted_content.csv"])
+    skipped = prepare_outbrain(raw_dir, tmp_path / "skip", options=options, progress=False, on_bad_lines="skip")
+    counts = skipped.manifest["prepare_counts"]
+    assert counts["promoted_content.csv: malformed lines skipped"] == 1 and counts["promoted_content.csv: rows read"] == 4
+    assert counts["documents_topics.csv: malformed lines skipped"] == 1 and counts["documents_topics.csv: rows read"] == 5
+    # Nothing else changed: the same features as from the clean files.
+    assert np.array_equal(skipped.item_features, clean.item_features)
+    assert np.array_equal(skipped.context_features, clean.context_features)
+
+
+def test_an_integer_beyond_64_bits_is_named_by_line_and_column(tmp_path: Path) -> None:
+    events = EVENTS.replace("3,aaa,102,182,2,", "3,aaa,99999999999999999999999,182,2,")
+    raw_dir = write_files(tmp_path / "raw", {"events.csv": events, "clicks_train.csv": CLICKS})
+    with pytest.raises(
+        DataError, match=r"events\.csv: line 4 column 'document_id' holds '9{23}', expected an integer \(64-bit\)"
+    ):
+        prepare_outbrain(raw_dir, tmp_path / "out", progress=False)

@@ -60,8 +60,8 @@ COLUMN_KINDS = {
 }
 
 _KIND_WORDS = {
-    "int": "an integer",
-    "int?": "an integer or nothing",
+    "int": "an integer (64-bit)",
+    "int?": "an integer (64-bit) or nothing",
     "float": "a number",
     "float?": "a number or nothing",
     "str": "a non-empty value",
@@ -183,9 +183,9 @@ def _parses(value: str, kind: str) -> bool:
         return value != ""
     try:
         if kind.startswith("int"):
-            int(value)
-        else:
-            float(value)
+            # An integer beyond 64 bits does not parse either (the files' ids are int64).
+            return -(1 << 63) <= int(value) < 1 << 63
+        float(value)
     except ValueError:
         return False
     return True

@@ -130,12 +130,11 @@ from recsys_gym.data.dataset import (
     partial_dir,
     seal_cache,
 )
-from recsys_gym.data.interactions import read_csv_checked
+from recsys_gym.data.interactions import _shown_value
 from recsys_gym.data.outbrain import (
     _DOWNLOAD_HINT,
     FILE_COLUMNS,
     PLATFORM_CODES,
-    _keep_ids,
     _line_of_display,
     note_missing_optional_files,
 )
@@ -202,6 +201,7 @@ REASONS = (
     "page views dropped: at or after the user's last impression",
     "duplicate page view rows dropped",
     "page views kept",
+    "promoted_content.csv: rows read",
     "promoted_content.csv: rows of the log's ads",
     "documents_topics.csv: rows read",
     "documents_categories.csv: rows read",
@@ -635,7 +635,9 @@ class _Preparer:
                 targets = _sorted_unique(np.concatenate([self.documents, self.page_document_candidates.result()]))
                 # In smaller chunks than the other files: this read shares the memory of phase 6 (and is not the longer).
                 chunk = max(1, self.chunk_rows // 4)
-                early = pool.submit(_read_document_rows, self.folder, self.ads, targets, chunk, self.notes, self.counts)
+                early = pool.submit(
+                    _read_document_rows, self.folder, self.ads, targets, chunk, self.notes, self.counts, self.on_bad_lines
+                )
             cut_time = self.split_point()
             self.write_arrays(cut_time)
             _pause_if_asked("after_write", self.tmp_dir)
@@ -743,7 +745,8 @@ class _Preparer:
 
                             raise DataError(
                                 f"{path}: line {line_of_row(path, batch['_row'] + first)} column 'platform' holds "
-                                f"{batch['platform'][first].as_py()!r}, expected one of {known}"
+                                f"{_shown_value(str(batch['platform'][first].as_py()))}, expected one of {known} "
+                                "(on_bad_lines='skip' / --skip-bad-lines skips and counts such lines)"
                             )
                         keep = ~unknown
                     # User ids longer than MAX_ID_BYTES: bad input (the cache stores every id at the longest one's width).
@@ -1383,7 +1386,11 @@ class _Preparer:
         with self.bar("content files", None, "file"):
             if read is None:
                 targets = np.union1d(self.context_ids, self.page_documents).astype(np.int64)
-                read = (_read_document_rows(self.folder, self.item_ids, targets, self.chunk_rows, self.notes, self.counts),)
+                read = (
+                    _read_document_rows(
+                        self.folder, self.item_ids, targets, self.chunk_rows, self.notes, self.counts, self.on_bad_lines
+                    ),
+                )
             rows = read[0]
             if rows is None:
                 return nothing
@@ -1545,6 +1552,7 @@ def _document_token_rows(
     chunk_rows: int,
     consume: Callable[[tuple[int, int], np.ndarray, int, np.ndarray, np.ndarray, pa.Array | None], None],
     counts: dict[str, int] | None = None,
+    on_bad_lines: str = "error",
 ) -> None:
     """Stream one document file, handing ``consume`` the token rows of ``documents``, one chunk at a time.
 
@@ -1556,19 +1564,29 @@ def _document_token_rows(
     """
     path = folder / file_name
     # The document files are read two at a time: each block is parsed on its reading thread.
-    for batch in stream_csv(path, FILE_COLUMNS[file_name], chunk_rows=chunk_rows, parse_threads=False, counts=counts):
+    counts = counts if counts is not None else {}
+    batches = stream_csv(
+        path, FILE_COLUMNS[file_name], chunk_rows=chunk_rows, parse_threads=False, counts=counts, on_bad_lines=on_bad_lines
+    )
+    for batch in batches:
         wanted = _in_sorted(batch["document_id"], documents)
         if "confidence_level" in batch:
             confidence = batch["confidence_level"]
             invalid = (confidence < 0) | (confidence > 1) | np.isnan(confidence)
             if invalid.any():
-                from recsys_gym.data.interactions import line_of_row
+                if on_bad_lines != "skip":
+                    from recsys_gym.data.interactions import line_of_row
 
-                first = int(np.flatnonzero(invalid)[0])
-                raise DataError(
-                    f"{path}: line {line_of_row(path, batch['_row'] + first)} column 'confidence_level' holds "
-                    f"{confidence[first]}, expected a number in [0, 1]"
-                )
+                    first = int(np.flatnonzero(invalid)[0])
+                    raise DataError(
+                        f"{path}: line {line_of_row(path, batch['_row'] + first)} column 'confidence_level' holds "
+                        f"{confidence[first]}, expected a number in [0, 1] "
+                        "(on_bad_lines='skip' / --skip-bad-lines skips and counts such lines)"
+                    )
+                skipped = f"{file_name}: malformed lines skipped"
+                counts[skipped] = counts.get(skipped, 0) + int(invalid.sum())
+                counts[f"{file_name}: rows read"] -= int(invalid.sum())
+                wanted &= ~invalid
             wanted &= confidence > 0
         if not wanted.any():
             continue
@@ -1590,7 +1608,13 @@ def _document_token_rows(
 
 
 def _read_document_rows(
-    folder: Path, ad_ids: np.ndarray, targets: np.ndarray, chunk_rows: int, notes: list[str], counts: dict[str, int]
+    folder: Path,
+    ad_ids: np.ndarray,
+    targets: np.ndarray,
+    chunk_rows: int,
+    notes: list[str],
+    counts: dict[str, int],
+    on_bad_lines: str = "error",
 ) -> _DocumentRows | None:
     """Read what the content features need from the optional files, in one pass over the document files.
 
@@ -1604,6 +1628,7 @@ def _read_document_rows(
     :param chunk_rows: rows parsed per chunk.
     :param notes: where missing optional files are noted.
     :param counts: where the rows read from each file are counted.
+    :param on_bad_lines: ``"skip"`` skips and counts malformed lines of these files too.
     :return: the rows, or ``None`` when no ad has content (no ``promoted_content.csv``, or none of its ads in the log).
     """
     missing = note_missing_optional_files(folder, notes)
@@ -1612,9 +1637,13 @@ def _read_document_rows(
 
     # The ads' landing pages, campaigns and advertisers.
     path = folder / "promoted_content.csv"
-    promoted = read_csv_checked(
-        path, FILE_COLUMNS["promoted_content.csv"], chunksize=chunk_rows, transform=_keep_ids("ad_id", ad_ids)
-    )
+    log_ads = np.sort(np.asarray(ad_ids, dtype=np.int64))
+    columns = FILE_COLUMNS["promoted_content.csv"]
+    pieces = []
+    for batch in stream_csv(path, columns, chunk_rows=chunk_rows, on_bad_lines=on_bad_lines, counts=counts):
+        of_log = _in_sorted(batch["ad_id"], log_ads)
+        pieces.append(pd.DataFrame({name: batch[name][of_log] for name in columns}))
+    promoted = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame({name: [] for name in columns}, dtype=np.int64)
     repeated = promoted["ad_id"].duplicated().to_numpy()
     if repeated.any():
         first = int(promoted["ad_id"].to_numpy()[repeated][0])
@@ -1663,7 +1692,16 @@ def _read_document_rows(
     with ThreadPoolExecutor(threads) as pool:
         wanted = np.union1d(landing, targets)
         jobs = [
-            pool.submit(_document_token_rows, folder, name, wanted, chunk_rows, functools.partial(keep_rows, index), counts)
+            pool.submit(
+                _document_token_rows,
+                folder,
+                name,
+                wanted,
+                chunk_rows,
+                functools.partial(keep_rows, index),
+                counts,
+                on_bad_lines,
+            )
             for index, name in enumerate(document_files)
         ]
         for done in jobs:
