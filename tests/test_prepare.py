@@ -477,3 +477,28 @@ def test_an_integer_beyond_64_bits_is_named_by_line_and_column(tmp_path: Path) -
         DataError, match=r"events\.csv: line 4 column 'document_id' holds '9{23}', expected an integer \(64-bit\)"
     ):
         prepare_outbrain(raw_dir, tmp_path / "out", progress=False)
+
+
+def test_distinct_ids_from_pieces_small_large_and_negative() -> None:
+    from recsys_gym.data.prepare import _DistinctIds
+
+    rng = np.random.default_rng(7)
+    pieces = [rng.integers(0, 1000, 50), rng.integers(2**40, 2**40 + 10, 5), np.array([-3, 5, -3]), np.zeros(0, np.int64)]
+    pieces += [rng.integers(0, 5000, 300) for _ in range(20)]
+    ids = _DistinctIds()
+    for piece in pieces:
+        ids.add(piece)
+    np.testing.assert_array_equal(ids.result(), np.unique(np.concatenate(pieces)))
+    # More pieces after a result: the same answer as gathering them all at once.
+    ids.add(np.array([7000, 2**40 + 99]))
+    np.testing.assert_array_equal(ids.result(), np.unique(np.concatenate([*pieces, [7000, 2**40 + 99]])))
+
+
+def test_tied_eigenvalues_give_the_same_embedding_in_every_run(tmp_path: Path) -> None:
+    # Two ads clicked once each by different users: the co-click matrix is diag(1, 1, 0, 0), whose top eigenvalue is
+    # tied. ARPACK drew its own start vector there (a seed moving from call to call): runs in one process differed.
+    raw_dir = write_files(tmp_path / "raw", ALL_FILES)
+    options = PrepareOptions(content_dim=2, cf_dim=1)
+    runs = [prepare_outbrain(raw_dir, tmp_path / f"run{i}", options=options, progress=False) for i in range(6)]
+    for run in runs[1:]:
+        assert run.item_features.tobytes() == runs[0].item_features.tobytes()

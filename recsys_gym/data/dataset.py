@@ -517,6 +517,10 @@ def _count_features(clicks: np.ndarray, shown: np.ndarray) -> np.ndarray:
     )
 
 
+#: Matrices with at most this many rows or columns are decomposed densely (LAPACK), the others by ARPACK.
+DENSE_LIMIT = 512
+
+
 def _truncated_svd(matrix: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``dim`` singular triplets of a sparse matrix, deterministic in sign and order."""
     from scipy.sparse.linalg import svds
@@ -524,9 +528,16 @@ def _truncated_svd(matrix: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.nd
     dim = min(dim, min(matrix.shape) - 1)
     if dim <= 0:
         return np.zeros((matrix.shape[0], 0)), np.zeros(0), np.zeros((0, matrix.shape[1]))
-    # A fixed start vector makes ARPACK deterministic.
-    start = np.full(min(matrix.shape), 1.0 / np.sqrt(min(matrix.shape)))
-    left, singular, right = svds(matrix.astype(np.float64), k=dim, v0=start)
+    if min(matrix.shape) <= DENSE_LIMIT:
+        # Small: LAPACK on the dense matrix. ARPACK restarts from a random vector of its own (a seed that moves on
+        # from call to call) when it meets an invariant subspace, which small logs with tied values often have.
+        dense = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+        left, singular, right = np.linalg.svd(dense.astype(np.float64), full_matrices=False)
+        left, singular, right = left[:, :dim], singular[:dim], right[:dim]
+    else:
+        # A fixed start vector; see above for when ARPACK still draws one of its own.
+        start = np.full(min(matrix.shape), 1.0 / np.sqrt(min(matrix.shape)))
+        left, singular, right = svds(matrix.astype(np.float64), k=dim, v0=start)
     order = np.argsort(-singular)
     left, singular, right = left[:, order], singular[order], right[order]
     # Fix each component's sign: its first clearly non-zero entry (in column order) is positive. Ties in

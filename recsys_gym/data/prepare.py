@@ -119,6 +119,7 @@ import pyarrow.ipc as ipc
 from recsys_gym.data.csvstream import BAD_LINE_MODES, prefetched, stream_csv
 from recsys_gym.data.dataset import (
     CACHE_VERSION,
+    DENSE_LIMIT,
     CompactDataset,
     _count_features,
     _is_trusted,
@@ -1326,9 +1327,14 @@ class _Preparer:
             return np.zeros((n_items, 0))
         with self.bar("co-click embedding", None, "pass"):
             gram = self._gram()
-            # The right singular vectors of M are the top eigenvectors of MᵀM; a fixed start vector keeps ARPACK deterministic.
-            start = np.full(n_items, 1.0 / np.sqrt(n_items))
-            eigenvalues, eigenvectors = eigsh(gram, k=dim, v0=start)
+            # The right singular vectors of M are the top eigenvectors of MᵀM: by LAPACK for a small catalogue (ARPACK
+            # draws a start vector of its own on tied eigenvalues, see _truncated_svd), else by ARPACK from a fixed one.
+            if n_items <= DENSE_LIMIT:
+                eigenvalues, eigenvectors = np.linalg.eigh(gram.toarray())
+                eigenvalues, eigenvectors = eigenvalues[-dim:], eigenvectors[:, -dim:]
+            else:
+                start = np.full(n_items, 1.0 / np.sqrt(n_items))
+                eigenvalues, eigenvectors = eigsh(gram, k=dim, v0=start)
         order = np.argsort(-eigenvalues)
         singular = np.sqrt(np.clip(eigenvalues[order], 0.0, None))
         right = eigenvectors[:, order].T
@@ -1993,28 +1999,50 @@ def _has_duplicate_pairs(display: np.ndarray, ad: np.ndarray) -> bool:
 class _DistinctIds:
     """The distinct integer ids of many arrays, gathered piece by piece in memory linear in the number of distinct ids.
 
-    Pieces are reduced to their distinct ids as they come and merged once they hold as many ids as the merged set
+    Small non-negative ids (below ``2**25``, as Kaggle's documents) are marked in one table of flags; otherwise the
+    pieces are reduced to their distinct ids as they come and merged once they hold as many ids as the merged set
     (plus a million), so the work stays linear however many pieces there are.
     """
 
+    #: Largest table of flags (one byte an id).
+    TABLE_LIMIT = 1 << 25
+
     def __init__(self) -> None:
+        self.seen = np.zeros(0, dtype=bool)
         self.merged = np.zeros(0, dtype=np.int64)
         self.pending: list[np.ndarray] = []
         self.n_pending = 0
 
     def add(self, ids: np.ndarray) -> None:
-        part = _distinct(np.asarray(ids, dtype=np.int64))
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return
+        low, high = int(ids.min()), int(ids.max())
+        if low >= 0 and high < self.TABLE_LIMIT:
+            if high >= len(self.seen):
+                # Grown by doubling, so growing costs no more than the final table.
+                grown = np.zeros(max(high + 1, 2 * len(self.seen)), dtype=bool)
+                grown[: len(self.seen)] = self.seen
+                self.seen = grown
+            self.seen[ids] = True
+            return
+        part = _distinct(ids)
         self.pending.append(part)
         self.n_pending += len(part)
         if self.n_pending > len(self.merged) + (1 << 20):
-            self.result()
+            self._merge()
 
-    def result(self) -> np.ndarray:
-        """The sorted distinct ids added so far."""
+    def _merge(self) -> None:
         if self.pending:
             self.merged = _sorted_unique(np.concatenate([self.merged, *self.pending]))
             self.pending, self.n_pending = [], 0
-        return self.merged
+
+    def result(self) -> np.ndarray:
+        """The sorted distinct ids added so far."""
+        self._merge()
+        if not self.seen.any():
+            return self.merged
+        return _sorted_unique(np.concatenate([np.flatnonzero(self.seen).astype(np.int64), self.merged]))
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
