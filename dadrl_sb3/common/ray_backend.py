@@ -31,7 +31,6 @@ import time
 import traceback
 import warnings
 from importlib.util import find_spec
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ import torch as th
 
 from dadrl_sb3.common.backends import DeviceBackend, DeviceError, DeviceLost
 from dadrl_sb3.common.devices import Device, DeviceConfig, GradientMessage, ParameterArrays
+from recsys_gym.data.dataset import process_alive
 
 #: Ray's switch that keeps a Ray started on this machine single-machine: with it at "0" Ray binds every
 #: service to 127.0.0.1, without it Ray on Linux replaces 127.0.0.1 by the machine's routable address.
@@ -65,23 +65,6 @@ def _import_ray(start_on_this_machine: bool) -> Any:
     import ray
 
     return ray
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether the process ``pid`` of this machine is alive (a zombie counts as dead)."""
-    stat = Path("/proc") / str(pid) / "stat"
-    if stat.parent.parent.is_dir():
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class DeviceActor:
@@ -378,7 +361,7 @@ class RayBackend(DeviceBackend):
             for actor in self._actors:
                 ray.kill(actor, no_restart=True)
             deadline = time.monotonic() + self.close_timeout
-            while any(_process_alive(pid) for pid in local_pids) and time.monotonic() < deadline:
+            while any(process_alive(pid) for pid in local_pids) and time.monotonic() < deadline:
                 time.sleep(0.01)
 
         # Forget the actors; disconnect from (or stop) Ray only if start() connected to it

@@ -654,7 +654,7 @@ def clean_stale_partials(out_dir: Path) -> int:
             pid = int((candidate / "PID").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             pid = -1
-        if pid > 0 and pid != os.getpid() and _process_alive(pid):
+        if pid > 0 and pid != os.getpid() and process_alive(pid):
             continue
         if pid == os.getpid():
             continue
@@ -664,7 +664,14 @@ def clean_stale_partials(out_dir: Path) -> int:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether the process ``pid`` of this machine is alive (a zombie counts as dead)."""
+    stat = Path("/proc") / str(pid) / "stat"
+    if stat.parent.parent.is_dir():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

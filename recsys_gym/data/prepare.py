@@ -614,6 +614,20 @@ class _Preparer:
         self.seconds[description] = round(self.seconds.get(description, 0.0) + time.perf_counter() - started, 3)
         logger.info("%s: %.1f s", description, time.perf_counter() - started)
 
+    def stream(
+        self, path: Path, columns: dict[str, str], update: Callable[[int], Any], parse_threads: bool
+    ) -> Iterator[dict[str, Any]]:
+        """The checked batches of a large input file, counted, with this run's chunk size and bad-line mode."""
+        return stream_csv(
+            path,
+            columns,
+            chunk_rows=self.chunk_rows,
+            on_bad_lines=self.on_bad_lines,
+            counts=self.counts,
+            progress=update,
+            parse_threads=parse_threads,
+        )
+
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -685,15 +699,8 @@ class _Preparer:
         writers = _Writers(self.buckets, "clicks", self.n_display_buckets, _CLICK_SCHEMA)
         try:
             with self.bar("clicks_train.csv", path.stat().st_size, "B") as update:
-                for batch in stream_csv(
-                    path,
-                    FILE_COLUMNS["clicks_train.csv"],
-                    chunk_rows=self.chunk_rows,
-                    on_bad_lines=self.on_bad_lines,
-                    counts=self.counts,
-                    progress=update,
-                    parse_threads=False,
-                ):
+                # Read side by side with the other partition: each block is parsed on this thread.
+                for batch in self.stream(path, FILE_COLUMNS["clicks_train.csv"], update, parse_threads=False):
                     display, ad, clicked = batch["display_id"], batch["ad_id"], batch["clicked"]
                     invalid = (clicked != 0) & (clicked != 1)
                     if invalid.any():
@@ -726,15 +733,8 @@ class _Preparer:
         known = list(PLATFORM_CODES)
         try:
             with self.bar("events.csv", path.stat().st_size, "B") as update:
-                for batch in stream_csv(
-                    path,
-                    FILE_COLUMNS["events.csv"],
-                    chunk_rows=self.chunk_rows,
-                    on_bad_lines=self.on_bad_lines,
-                    counts=self.counts,
-                    progress=update,
-                    parse_threads=False,
-                ):
+                # Read side by side with the other partition: each block is parsed on this thread.
+                for batch in self.stream(path, FILE_COLUMNS["events.csv"], update, parse_threads=False):
                     # Platform codes: 1, 2, 3, and \N for unknown (0); anything else is bad input.
                     platform_index = pc.index_in(batch["platform"], value_set=pa.array(known)).to_numpy(zero_copy_only=False)
                     unknown = np.isnan(platform_index.astype(np.float64))
@@ -1077,15 +1077,7 @@ class _Preparer:
         try:
             with self.bar("page_views.csv", path.stat().st_size, "B") as update:
                 # The next block is read and parsed while this one is filtered and written (this phase runs alone).
-                batches = stream_csv(
-                    path,
-                    PAGE_VIEW_COLUMNS,
-                    chunk_rows=self.chunk_rows,
-                    on_bad_lines=self.on_bad_lines,
-                    counts=self.counts,
-                    progress=update,
-                )
-                for batch in prefetched(batches):
+                for batch in prefetched(self.stream(path, PAGE_VIEW_COLUMNS, update, parse_threads=True)):
                     uuid, document, timestamp = batch["uuid"], batch["document_id"], batch["timestamp"]
 
                     # The time window, as for impressions; over-long user ids are bad input as in events.csv.
@@ -1526,7 +1518,7 @@ class _TokenRows:
 
     :param document: document id (or index) of each row.
     :param prefix: index of the row's prefix in :data:`_PREFIXES`.
-    :param key: the token's 64-bit key (:func:`_token_keys`).
+    :param key: the token's 64-bit key (the id, or :func:`_entity_keys`).
     :param weight: the row's weight (confidence, or 1).
     :param texts: the text of each entity key seen in these rows (only where the texts are kept).
     """
@@ -1603,7 +1595,7 @@ def _document_token_rows(
                 # Strings (entity ids): only the wanted rows become keys.
                 known = wanted & ~values.is_null().to_numpy(zero_copy_only=False)
                 texts = values.filter(pa.array(known))
-                keys = _token_keys(prefix, texts)
+                keys = _entity_keys(texts)
             else:
                 known = wanted & ~np.isnan(values.astype(np.float64))
                 keys = values[known].astype(np.int64)
@@ -1857,12 +1849,9 @@ def _streamed_content_vectors(
     return item_vectors, totals[np.searchsorted(targets, context_ids)], totals[np.searchsorted(targets, page_ids)]
 
 
-def _token_keys(prefix: str, values: np.ndarray | pa.Array) -> np.ndarray:
-    """64-bit keys of token ids: the id itself, or a hash of the text for entity ids (text in Kaggle's files)."""
-    if prefix == "entity":
-        texts = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else np.asarray(values, dtype=object)
-        return pd.util.hash_array(texts).view(np.int64)
-    return np.asarray(values, dtype=np.int64)
+def _entity_keys(texts: pa.Array) -> np.ndarray:
+    """64-bit keys of entity ids (text in Kaggle's files): a hash of each text; numeric token ids are their own keys."""
+    return pd.util.hash_array(texts.to_numpy(zero_copy_only=False)).view(np.int64)
 
 
 class _NpyWriter:
