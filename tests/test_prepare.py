@@ -60,6 +60,12 @@ def assert_same_as_reference(new: CompactDataset, reference: CompactDataset) -> 
     assert list(new.item_ids) == list(reference.item_ids)
     assert np.array_equal(new.item_features[:, :3], reference.item_features[:, :3])
     assert new.manifest["cut_time"] == reference.manifest["cut_time"]
+    # The content embedding: the same reduction, learned from the same training ads, float32 round-off apart.
+    names = new.manifest["feature_names"]
+    assert names == reference.manifest["feature_names"]
+    content = [index for index, name in enumerate(names) if name.startswith("content_")]
+    np.testing.assert_allclose(new.item_features[:, content], reference.item_features[:, content], atol=1e-5)
+    np.testing.assert_allclose(new.context_features, reference.context_features, atol=1e-5)
 
 
 @pytest.mark.parametrize(("chunk_rows", "bucket_bytes"), [(1_000_000, 64 << 20), (300, 4000)])

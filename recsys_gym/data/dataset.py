@@ -56,7 +56,7 @@ from recsys_gym.error import CacheError, DataError, MissingDataError
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the cache layout or a feature definition changes; old caches are then rebuilt.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 #: Names accepted by ``load_dataset(dataset=...)``.
 DATASETS = ("outbrain", "movielens-100k", "interactions")
@@ -385,7 +385,9 @@ def build_dataset(raw: RawLog, out_dir: str | os.PathLike[str], options: BuildOp
     item_train_shown = np.bincount(train_shown_items, minlength=n_items).astype(np.int64)
 
     # Features: counts, content embedding, collaborative embedding.
-    content_items, content_contexts = _content_embeddings(raw, item_ids, context_ids, options.content_dim)
+    content_items, content_contexts = _content_embeddings(
+        raw, item_ids, item_train_shown > 0, context_ids, options.content_dim
+    )
     cf_items = _cf_embedding(imp_user[imp_is_train], imp_clicked[imp_is_train], n_users, n_items, options.cf_dim)
     count_features = _count_features(item_train_clicks, item_train_shown)
     item_features = np.concatenate([count_features, content_items, cf_items], axis=1).astype(np.float32)
@@ -523,7 +525,7 @@ DENSE_LIMIT = 512
 
 def _truncated_svd(matrix: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``dim`` singular triplets of a sparse matrix, deterministic in sign and order."""
-    from scipy.sparse.linalg import svds
+    from scipy.sparse.linalg import LinearOperator, svds
 
     dim = min(dim, min(matrix.shape) - 1)
     if dim <= 0:
@@ -535,9 +537,14 @@ def _truncated_svd(matrix: Any, dim: int) -> tuple[np.ndarray, np.ndarray, np.nd
         left, singular, right = np.linalg.svd(dense.astype(np.float64), full_matrices=False)
         left, singular, right = left[:, :dim], singular[:dim], right[:dim]
     else:
-        # A fixed start vector; see above for when ARPACK still draws one of its own.
+        # A fixed start vector; see above for when ARPACK still draws one of its own. The operator multiplies by the
+        # matrix and by its transpose (a view): given the matrix itself, svds would copy it for its adjoint.
+        matrix = matrix.astype(np.float64, copy=False)
+        operator = LinearOperator(
+            matrix.shape, matvec=matrix.dot, rmatvec=matrix.T.dot, matmat=matrix.dot, rmatmat=matrix.T.dot, dtype=np.float64
+        )
         start = np.full(min(matrix.shape), 1.0 / np.sqrt(min(matrix.shape)))
-        left, singular, right = svds(matrix.astype(np.float64), k=dim, v0=start)
+        left, singular, right = svds(operator, k=dim, v0=start)
     order = np.argsort(-singular)
     left, singular, right = left[:, order], singular[order], right[order]
     # Fix each component's sign: its first clearly non-zero entry (in column order) is positive. Ties in
@@ -555,9 +562,13 @@ def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
-def _content_embeddings(raw: RawLog, item_ids: np.ndarray, context_ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Embed items and contexts in one content space learned from the items' metadata tokens.
+def _content_embeddings(
+    raw: RawLog, item_ids: np.ndarray, fit: np.ndarray, context_ids: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed items and contexts in one content space learned from the metadata tokens of the items in ``fit``.
 
+    :param fit: mask over items: those the IDF weights and the basis are learned from (the items shown in the
+        training split: nothing of the test split shapes the features).
     :return: item vectors (n_items, d) and context vectors (n_contexts, d), rows of unit length or
         zero, with ``d <= dim`` (0 when the source has no item content).
     """
@@ -580,11 +591,11 @@ def _content_embeddings(raw: RawLog, item_ids: np.ndarray, context_ids: np.ndarr
     item_matrix = sparse.csr_matrix(
         (weights[is_item][keep], (item_rows[keep], token_codes[is_item][keep])), shape=(len(item_ids), len(tokens))
     )
-    document_frequency = np.asarray((item_matrix > 0).sum(axis=0)).ravel()
-    idf = np.log((1.0 + len(item_ids)) / (1.0 + document_frequency)) + 1.0
-    item_matrix = item_matrix @ sparse.diags(idf)
-    _, _, right = _truncated_svd(item_matrix, dim)
-    item_vectors = _normalise_rows(np.asarray(item_matrix @ right.T))
+    fitted = item_matrix[np.flatnonzero(fit)]
+    document_frequency = np.asarray((fitted > 0).sum(axis=0)).ravel()
+    idf = np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0
+    _, _, right = _truncated_svd(fitted @ sparse.diags(idf), dim)
+    item_vectors = _normalise_rows(np.asarray((item_matrix @ sparse.diags(idf)) @ right.T))
 
     # Contexts are projected on the same basis.
     if raw.context_content is None or len(context_ids) == 0:

@@ -46,12 +46,14 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
    only the rows of the documents that matter: the ads' landing pages (via ``promoted_content.csv``)
    as compact token keys (a hash for entity ids, whose text is kept once), the context pages and pages
    read likewise (the pages of every page view written to the user buckets in phase 9: a superset of
-   those kept). This read runs beside phase 6. A missing file warns once and degrades. The
-   token reduction (IDF-weighted truncated SVD) is learned on the ads shown in the training split
-   only, then every ad, context page and page read is projected on it (tokens no ad has are ignored).
-   These tables are catalogue-sized (with page views, the documents read count in the catalogue).
+   those kept). This read runs beside phase 6; once done, the ads' tokens become the item-token matrix
+   and each kept row of the other pages becomes (page, token column, weight), rows whose token no ad has
+   dropped. A missing file warns once and degrades. The token reduction (IDF-weighted truncated SVD) is
+   learned on the ads shown in the training split only, then every ad, context page and page read is
+   projected on it. These tables are catalogue-sized (with page views, the documents read count in the
+   catalogue).
 
-Phases 1 and 2 run side by side, as do phases 7 and 8; phases 3 and 4 work on two buckets at a time
+Phases 1 and 2 run side by side, as do phase 6 and the read of phase 8; phases 3 and 4 work on two buckets at a time
 (threads: NumPy and Arrow release the GIL in their loops).
 
 9. **Page views** (when ``page_views.csv`` is present and ``PrepareOptions.page_views`` is on). Phase 4
@@ -641,26 +643,25 @@ class _Preparer:
         _pause_if_asked("after_sort", self.tmp_dir)
         if self.use_page_views:
             self.partition_page_views()
-        # The documents whose content is needed are known now: read them while the arrays are written (the reduction
-        # itself waits for the training counts).
-        with ThreadPoolExecutor(min(2, self.n_threads)) as pool:
+        # The items, in the reference's order: their ids compared as strings.
+        self.item_ids = self.ads[np.argsort(self.ads.astype(str), kind="stable")]
+        # The documents whose content is needed are known now: read them while the arrays are written, and turn them
+        # into token columns (the reduction itself waits for the training counts).
+        with ThreadPoolExecutor(1) as pool:
             early = None
             if self.options.content_dim > 0:
                 # The context pages, and every page of the page views written to the buckets (a superset of those kept).
                 targets = _sorted_unique(np.concatenate([self.documents, self.page_document_candidates.result()]))
                 # In smaller chunks than the other files: this read shares the memory of phase 6 (and is not the longer).
                 chunk = max(1, self.chunk_rows // 4)
-                early = pool.submit(
-                    _read_document_rows, self.folder, self.ads, targets, chunk, self.notes, self.counts, self.on_bad_lines
-                )
+                early = pool.submit(self.read_content, targets, chunk)
             cut_time = self.split_point()
             self.write_arrays(cut_time)
             _pause_if_asked("after_write", self.tmp_dir)
-            # The co-click and the content embeddings need only the written arrays: computed side by side.
-            cf_job = pool.submit(self.cf_embedding)
-            read = None if early is None else (early.result(),)
-            content_items, content_contexts, content_pages = self.content_features(read)
-            cf = cf_job.result()
+            # The co-click embedding, then the content one: one after the other, each peak on its own (side by side,
+            # their peaks added up and they ran no faster: both are mostly single-threaded sparse products).
+            cf = self.cf_embedding()
+            content_items, content_contexts, content_pages = self.content_features(None if early is None else early.result())
         page_view_names = self.page_view_features(content_pages)
         count_features = _count_features(self.item_train_clicks, self.item_train_shown)
         item_features = np.concatenate([count_features, content_items, cf], axis=1).astype(np.float32)
@@ -1202,12 +1203,10 @@ class _Preparer:
     # -- phase 6 -------------------------------------------------------------------------------
     def write_arrays(self, cut_time: int) -> None:
         """Phase 6: write the impression, shown and user-item arrays bucket by bucket into memory-mapped .npy files."""
-        # Vocabularies: ads in the reference's order (their ids compared as strings), context documents sorted.
+        # Vocabularies: ads in the items' order (set by run), context documents sorted.
         ads = self.ads
-        string_order = np.argsort(ads.astype(str), kind="stable")
-        self.item_ids = ads[string_order]
         item_of_ad = np.empty(len(ads), dtype=np.int32)
-        item_of_ad[string_order] = np.arange(len(ads), dtype=np.int32)
+        item_of_ad[np.searchsorted(ads, self.item_ids)] = np.arange(len(ads), dtype=np.int32)
         self.context_ids = self.documents
         n_items = len(ads)
         n, n_users = self.n_impressions, self.n_users
@@ -1369,31 +1368,29 @@ class _Preparer:
         return gram
 
     # -- phase 8 -------------------------------------------------------------------------------
-    def content_features(self, read: tuple[_DocumentRows | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read_content(self, targets: np.ndarray, chunk_rows: int) -> _ContentTokens | None:
+        """Phase 8, first part: the content rows of the ads and of ``targets``, as token columns (:func:`_content_tokens`).
+
+        :param targets: sorted, distinct document ids whose vectors are wanted (context pages and pages read).
+        :param chunk_rows: rows parsed per chunk.
+        :return: the tokens, or ``None`` when no ad has content.
+        """
+        rows = _read_document_rows(self.folder, self.ads, targets, chunk_rows, self.notes, self.counts, self.on_bad_lines)
+        return None if rows is None else _content_tokens(rows, self.item_ids)
+
+    def content_features(self, tokens: _ContentTokens | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Phase 8: content vectors of ads, context pages and pages read, the reduction learned on the training split's ads.
 
-        :param read: the result of :func:`_read_document_rows` already run for the context pages (without page
-            views), as a 1-tuple; ``None`` reads the files now.
+        :param tokens: the result of :meth:`read_content` (``None``: content is off or no ad has any).
         :return: vectors of every item (n_items, d), context (n_contexts, d) and document of
             ``self.page_documents`` (n_documents, d); ``d = 0`` when content is off or missing.
         """
         n_items, n_contexts, n_pages = len(self.item_ids), len(self.context_ids), len(self.page_documents)
-        nothing = (np.zeros((n_items, 0)), np.zeros((n_contexts, 0)), np.zeros((n_pages, 0)))
-        if self.options.content_dim == 0:
-            return nothing
-        with self.bar("content files", None, "file"):
-            if read is None:
-                targets = np.union1d(self.context_ids, self.page_documents).astype(np.int64)
-                read = (
-                    _read_document_rows(
-                        self.folder, self.item_ids, targets, self.chunk_rows, self.notes, self.counts, self.on_bad_lines
-                    ),
-                )
-            rows = read[0]
-            if rows is None:
-                return nothing
-            return _streamed_content_vectors(
-                rows, self.item_ids, self.item_train_shown > 0, self.context_ids, self.page_documents, self.options.content_dim
+        if tokens is None:
+            return np.zeros((n_items, 0)), np.zeros((n_contexts, 0)), np.zeros((n_pages, 0))
+        with self.bar("content vectors", None, "pass"):
+            return _content_vectors(
+                tokens, self.item_train_shown > 0, self.context_ids, self.page_documents, self.options.content_dim
             )
 
     # -- phase 9, last part --------------------------------------------------------------------
@@ -1780,18 +1777,58 @@ def _item_token_matrix(
     return items, pair_prefix, pair_key, column_of_token
 
 
-def _streamed_content_vectors(
-    rows: _DocumentRows, item_ids: np.ndarray, fit: np.ndarray, context_ids: np.ndarray, page_ids: np.ndarray, dim: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Content vectors of ads, context pages and pages read from the rows of :func:`_read_document_rows`.
+@dataclass
+class _ContentTokens:
+    """The ads' and the target documents' content tokens over one set of columns: the ads' tokens, in text order.
 
-    The ads' tokens (landing page, campaign, advertiser) make the item-token matrix, whose columns are the
-    tokens in string order (``"topic:12"``...). The reduction is learned from the ads in ``fit``: IDF
-    weights, then an IDF-weighted truncated SVD; every ad, context page and page read is projected on it
-    (tokens no ad has are ignored).
+    :param items: the (items × tokens) weight matrix (:func:`_item_token_matrix`).
+    :param target: the targets' matched token rows, in the pieces they were read in: (target index, column,
+        weight) arrays; rows whose token no ad has are already dropped (the reduction would ignore them).
+    :param targets: sorted, distinct document ids the rows of ``target`` index.
+    """
 
-    :param rows: the rows read; their ``targets`` must hold ``context_ids`` and ``page_ids``.
+    items: Any
+    target: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    targets: np.ndarray
+
+
+def _content_tokens(rows: _DocumentRows, item_ids: np.ndarray) -> _ContentTokens:
+    """Turn the rows of :func:`_read_document_rows` into token columns, letting the keys and texts go.
+
+    The targets' rows shrink from (index, prefix, 64-bit key, weight) to (index, column, weight), each piece in turn.
+
     :param item_ids: ad id of every item index.
+    """
+    items, pair_prefix, pair_key, column_of_token = _item_token_matrix(rows.promoted, rows.landing, item_ids)
+    pieces = rows.target[::-1]
+    rows.target.clear()
+    matched: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    while pieces:
+        part = pieces.pop()
+        found = np.full(len(part.key), -1, dtype=np.int64)
+        for code in np.unique(part.prefix):
+            # The tokens of one prefix are a sorted run of the distinct pairs: one binary search per row.
+            low, high = np.searchsorted(pair_prefix, [code, code + 1])
+            if high == low:
+                continue
+            rows_of_code = np.flatnonzero(part.prefix == code)
+            position = np.minimum(np.searchsorted(pair_key[low:high], part.key[rows_of_code]), high - low - 1)
+            hit = pair_key[low + position] == part.key[rows_of_code]
+            found[rows_of_code[hit]] = low + position[hit]
+        hit = found >= 0
+        matched.append((part.document[hit], column_of_token[found[hit]].astype(np.int32), part.weight[hit]))
+    return _ContentTokens(items, matched, rows.targets)
+
+
+def _content_vectors(
+    tokens: _ContentTokens, fit: np.ndarray, context_ids: np.ndarray, page_ids: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Content vectors of ads, context pages and pages read from their tokens (:func:`_content_tokens`).
+
+    The reduction is learned from the ads in ``fit``: IDF weights, then an IDF-weighted truncated SVD; every ad,
+    context page and page read is projected on it (tokens no ad has are ignored).
+
+    :param tokens: the tokens; their ``targets`` must hold ``context_ids`` and ``page_ids``.
     :param fit: mask over items: those the reduction is learned from.
     :param context_ids: sorted document ids of the context pages.
     :param page_ids: sorted document ids of the pages read (``page_views.csv``).
@@ -1802,49 +1839,36 @@ def _streamed_content_vectors(
 
     from recsys_gym.data.dataset import _truncated_svd
 
-    promoted, landing, target, targets = rows.promoted, rows.landing, rows.target, rows.targets
+    items, target, targets = tokens.items, tokens.target, tokens.targets
 
-    # The item-token matrix, IDF and basis from the training ads alone.
-    items, pair_prefix, pair_key, column_of_token = _item_token_matrix(promoted, landing, item_ids)
+    # IDF and basis from the training ads alone; the weights are scaled in place (no second copy of the matrix).
     n_columns = items.shape[1]
     fitted = items[np.flatnonzero(fit)]
-    document_frequency = np.asarray((fitted > 0).sum(axis=0)).ravel()
+    fitted.sum_duplicates()
+    document_frequency = np.bincount(fitted.indices[fitted.data > 0], minlength=n_columns)
     idf = np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0
-    _, _, right = _truncated_svd(fitted @ sparse.diags(idf), dim)
-    item_vectors = _normalise_rows(np.asarray((items @ sparse.diags(idf)) @ right.T))
-    del items, fitted
-
-    # The context pages and pages read, projected from their kept rows (IDF times each token's basis row); tokens
-    # no ad has are ignored. Each piece of rows is let go once summed.
+    fitted.data *= idf[fitted.indices]
+    _, _, right = _truncated_svd(fitted, dim)
+    del fitted
+    # Every ad, context page and page read: each token's weight times its IDF-scaled basis row.
     contribution = idf[:, None] * right.T
+    item_vectors = _normalise_rows(np.asarray(items @ contribution))
+
+    # The targets' rows many pieces at a time, as a sparse product over the documents they touch only (a product over
+    # every target would make a dense array of them all per batch); each piece let go once summed.
     totals = np.zeros((len(targets), right.shape[0]))
     pending = target[::-1]
     target.clear()
-    hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def add_hits() -> None:
-        # One product for many pieces' matched rows (each product makes a dense array of every target).
-        documents, columns, weights = (np.concatenate(part) for part in zip(*hits, strict=True))
-        shares = sparse.csr_matrix((weights, (documents, columns)), shape=(len(targets), n_columns))
-        totals[...] += shares @ contribution
-        hits.clear()
-
+    batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     while pending:
-        part = pending.pop()
-        found = np.full(len(part.key), -1, dtype=np.int64)
-        for code in np.unique(part.prefix):
-            # The tokens of one prefix are a sorted run of the distinct pairs: one binary search per row.
-            low, high = np.searchsorted(pair_prefix, [code, code + 1])
-            if high == low:
-                continue
-            rows_of_code = np.flatnonzero(part.prefix == code)
-            position = np.minimum(np.searchsorted(pair_key[low:high], part.key[rows_of_code]), high - low - 1)
-            matched = pair_key[low + position] == part.key[rows_of_code]
-            found[rows_of_code[matched]] = low + position[matched]
-        hit = found >= 0
-        hits.append((part.document[hit], column_of_token[found[hit]], part.weight[hit].astype(np.float64)))
-        if sum(len(entry[0]) for entry in hits) >= 1 << 18 or not pending:
-            add_hits()
+        batch.append(pending.pop())
+        if sum(len(part[0]) for part in batch) < 1 << 18 and pending:
+            continue
+        documents, columns, weights = (np.concatenate(part) for part in zip(*batch, strict=True))
+        batch.clear()
+        touched, row = np.unique(documents, return_inverse=True)
+        shares = sparse.csr_matrix((weights.astype(np.float64), (row, columns)), shape=(len(touched), n_columns))
+        totals[touched] += shares @ contribution
     totals = _normalise_rows(totals)
     return item_vectors, totals[np.searchsorted(targets, context_ids)], totals[np.searchsorted(targets, page_ids)]
 
