@@ -627,11 +627,13 @@ def _cf_embedding(users: np.ndarray, items: np.ndarray, n_users: int, n_items: i
 
 
 def file_digest(path: Path) -> str:
-    """BLAKE2b digest (hex) of a file's bytes, read in 8 MiB blocks."""
+    """BLAKE2b digest (hex) of a file's bytes, read 1 MiB at a time into one buffer (no new block per read)."""
     digest = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 23):
-            digest.update(block)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while size := handle.readinto(buffer):
+            digest.update(view[:size])
     return digest.hexdigest()
 
 

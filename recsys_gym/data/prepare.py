@@ -34,9 +34,9 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
 5. **Split point.** The cut is the timestamp at rank ``floor(n * (1 - test_fraction))`` of the kept
    impressions, as in the reference: the histogram finds its bin, and the timestamps of that one bin
    (read back from the buckets) give the exact value. ``split_time`` overrides it.
-6. **Write.** The output arrays have known sizes, so they are created with
-   :func:`numpy.lib.format.open_memmap` and filled bucket by bucket (users in sorted order); per-ad
-   training click and impression counts are summed on the way.
+6. **Write.** The output arrays have known sizes, so their ``.npy`` headers are written first and
+   each file is then filled front to back, bucket by bucket (users in sorted order), without mapping
+   it; per-ad training click and impression counts are summed on the way.
 7. **Collaborative embedding.** The item Gram matrix ``MᵀM`` of the binary training user-ad matrix
    ``M`` (entry (i, j): users who clicked both i and j) is summed over the written arrays one chunk of
    users at a time, so no user × item matrix is ever held: it is items × items, catalogue-sized. Its
@@ -44,13 +44,14 @@ Design (phases, in order; each ``tqdm`` bar is one phase):
    item vectors up to ARPACK's accuracy and the sign convention.
 8. **Content features.** The document files are read once, chunk by chunk and two at a time, keeping
    only the rows of the documents that matter: the ads' landing pages (via ``promoted_content.csv``)
-   as compact token keys (a hash for entity ids, whose text is kept once), the context pages and pages
-   read likewise (the pages of every page view written to the user buckets in phase 9: a superset of
-   those kept). This read runs beside phase 6; once done, the ads' tokens become the item-token matrix
-   and each kept row of the other pages becomes (page, token column, weight), rows whose token no ad has
-   dropped. A missing file warns once and degrades. The token reduction (IDF-weighted truncated SVD) is
-   learned on the ads shown in the training split only, then every ad, context page and page read is
-   projected on it. These tables are catalogue-sized (with page views, the documents read count in the
+   as compact token keys in memory (a hash for entity ids, whose text is kept once), and the rows of the
+   context pages and pages read (the pages of every page view written to the user buckets in phase 9: a
+   superset of those kept) in spill files beside the buckets, since only the reduction can use them.
+   This read runs beside phase 6. A missing file warns once and degrades. The token reduction
+   (IDF-weighted truncated SVD) is learned on the ads shown in the training split only; every ad is
+   projected on it, then the spilled rows are read back block by block and every context page and page
+   read is projected too (tokens no ad has are ignored). What stays in memory is catalogue-sized: the
+   ads' token matrix and one vector per page (with page views, the documents read count in the
    catalogue).
 
 Phases 1 and 2 run side by side, as do phase 6 and the read of phase 8; phases 3 and 4 work on two buckets at a time
@@ -666,7 +667,7 @@ class _Preparer:
         count_features = _count_features(self.item_train_clicks, self.item_train_shown)
         item_features = np.concatenate([count_features, content_items, cf], axis=1).astype(np.float32)
         np.save(self.tmp_dir / "item_features.npy", item_features, allow_pickle=False)
-        np.save(self.tmp_dir / "context_features.npy", content_contexts.astype(np.float32), allow_pickle=False)
+        np.save(self.tmp_dir / "context_features.npy", content_contexts.astype(np.float32, copy=False), allow_pickle=False)
         np.save(self.tmp_dir / "item_train_clicks.npy", self.item_train_clicks, allow_pickle=False)
         np.save(self.tmp_dir / "item_train_shown.npy", self.item_train_shown, allow_pickle=False)
         feature_names = (
@@ -1375,7 +1376,9 @@ class _Preparer:
         :param chunk_rows: rows parsed per chunk.
         :return: the tokens, or ``None`` when no ad has content.
         """
-        rows = _read_document_rows(self.folder, self.ads, targets, chunk_rows, self.notes, self.counts, self.on_bad_lines)
+        rows = _read_document_rows(
+            self.folder, self.ads, targets, chunk_rows, self.notes, self.counts, self.buckets, self.on_bad_lines
+        )
         return None if rows is None else _content_tokens(rows, self.item_ids)
 
     def content_features(self, tokens: _ContentTokens | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1508,6 +1511,10 @@ _DOCUMENT_TOKENS: dict[str, list[tuple[str, str, str | None]]] = {
 #: The token prefixes of the document files, in string order; a token's prefix is stored as its index here.
 _PREFIXES = sorted({prefix for specs in _DOCUMENT_TOKENS.values() for _, prefix, _ in specs})
 
+#: A token row of a context page or page read, as spilled to disk until the content reduction is known: the page (an
+#: index into the sorted targets), the token (prefix index and key) and its weight; 17 bytes.
+_TARGET_ROW = np.dtype([("document", "<i4"), ("prefix", "i1"), ("key", "<i8"), ("weight", "<f4")])
+
 
 @dataclass
 class _TokenRows:
@@ -1609,13 +1616,15 @@ def _read_document_rows(
     chunk_rows: int,
     notes: list[str],
     counts: dict[str, int],
+    spill: Path,
     on_bad_lines: str = "error",
 ) -> _DocumentRows | None:
     """Read what the content features need from the optional files, in one pass over the document files.
 
-    Keeps the ads' landing, campaign and advertiser (``promoted_content.csv``), and the token rows of their
-    landing pages and of ``targets`` (context pages and pages read) as compact numeric rows (:class:`_TokenRows`)
-    until the reduction is known: all catalogue-sized.
+    Keeps the ads' landing, campaign and advertiser (``promoted_content.csv``) and the token rows of their landing
+    pages as compact numeric rows (:class:`_TokenRows`), catalogue-sized; the token rows of ``targets`` (context
+    pages and pages read), which only the reduction learned later can use, go to one file per document file in
+    ``spill`` (:data:`_TARGET_ROW` records, in the order read), so they take no memory until then.
 
     :param folder: the raw folder.
     :param ad_ids: the ads of the log (any order).
@@ -1623,6 +1632,7 @@ def _read_document_rows(
     :param chunk_rows: rows parsed per chunk.
     :param notes: where missing optional files are noted.
     :param counts: where the rows read from each file are counted.
+    :param spill: an existing folder for the targets' rows.
     :param on_bad_lines: ``"skip"`` skips and counts malformed lines of these files too.
     :return: the rows, or ``None`` when no ad has content (no ``promoted_content.csv``, or none of its ads in the log).
     """
@@ -1649,10 +1659,11 @@ def _read_document_rows(
     landing = np.unique(promoted["document_id"].to_numpy(dtype=np.int64))
 
     # One pass over the document files: the rows of the landing pages (with the text of their entity ids, which
-    # orders the token columns) and of the targets (documents as indices into targets).
+    # orders the token columns), and those of the targets (documents as indices into targets) into the spill files.
+    document_files = [name for name in _DOCUMENT_TOKENS if name not in missing]
     landing_parts: list[tuple[tuple[int, int, int], _TokenRows]] = []
-    target_parts: list[tuple[tuple[int, int, int], _TokenRows]] = []
     lock = threading.Lock()
+    spills = [spill / f"content-rows-{index}.bin" for index in range(len(document_files))]
 
     def keep_rows(
         file_index: int,
@@ -1665,23 +1676,25 @@ def _read_document_rows(
     ) -> None:
         for_items = _in_sorted(documents, landing)
         for_pages = _in_sorted(documents, targets)
-        parts = []
         if for_items.any():
             known: dict[int, str] = {}
             if texts is not None:
                 chosen = texts.filter(pa.array(for_items)).to_pylist()
                 known = dict(zip(keys[for_items].tolist(), chosen, strict=True))
             codes = np.full(int(for_items.sum()), prefix, dtype=np.int8)
-            parts.append((landing_parts, _TokenRows(documents[for_items], codes, keys[for_items], weights[for_items], known)))
+            part = _TokenRows(documents[for_items], codes, keys[for_items], weights[for_items], known)
+            with lock:
+                landing_parts.append(((file_index, *origin), part))
         if for_pages.any():
-            codes = np.full(int(for_pages.sum()), prefix, dtype=np.int8)
-            index = np.searchsorted(targets, documents[for_pages]).astype(np.int32)
-            parts.append((target_parts, _TokenRows(index, codes, keys[for_pages], weights[for_pages].astype(np.float32), {})))
-        with lock:
-            for into, part in parts:
-                into.append(((file_index, *origin), part))
+            # Each file is read by one thread, in order: its spill file holds its rows in the order of the file.
+            records = np.empty(int(for_pages.sum()), dtype=_TARGET_ROW)
+            records["document"] = np.searchsorted(targets, documents[for_pages])
+            records["prefix"] = prefix
+            records["key"] = keys[for_pages]
+            records["weight"] = weights[for_pages]
+            with open(spills[file_index], "ab") as handle:
+                handle.write(records.tobytes())
 
-    document_files = [name for name in _DOCUMENT_TOKENS if name not in missing]
     threads = max(1, min(2, os.cpu_count() or 1))
     # The document files are independent: two at a time (parsing and NumPy work release the GIL).
     with ThreadPoolExecutor(threads) as pool:
@@ -1703,9 +1716,8 @@ def _read_document_rows(
             done.result()
     # The pieces in file order, whichever thread read them first: the same input always gives the same sums.
     landing_parts.sort(key=lambda entry: entry[0])
-    target_parts.sort(key=lambda entry: entry[0])
     return _DocumentRows(
-        promoted, _TokenRows.join([part for _, part in landing_parts]), [part for _, part in target_parts], targets
+        promoted, _TokenRows.join([part for _, part in landing_parts]), [path for path in spills if path.exists()], targets
     )
 
 
@@ -1715,8 +1727,8 @@ class _DocumentRows:
 
     promoted: pd.DataFrame
     landing: _TokenRows
-    #: the targets' rows in the pieces they were read in (documents as indices into ``targets``)
-    target: list[_TokenRows]
+    #: the files of the targets' rows (:data:`_TARGET_ROW`, documents as indices into ``targets``), in file order
+    target: list[Path]
     targets: np.ndarray
 
 
@@ -1779,45 +1791,55 @@ def _item_token_matrix(
 
 @dataclass
 class _ContentTokens:
-    """The ads' and the target documents' content tokens over one set of columns: the ads' tokens, in text order.
+    """The ads' content tokens as a matrix, and the targets' token rows still to be matched with its columns.
 
-    :param items: the (items × tokens) weight matrix (:func:`_item_token_matrix`).
-    :param target: the targets' matched token rows, in the pieces they were read in: (target index, column,
-        weight) arrays; rows whose token no ad has are already dropped (the reduction would ignore them).
+    :param items: the (items × tokens) weight matrix; its columns are the ads' distinct tokens, in text order.
+    :param pair_prefix: each distinct token's prefix code (sorted, with ``pair_key``; see :func:`_item_token_matrix`).
+    :param pair_key: each distinct token's key.
+    :param column_of_token: each distinct token's column.
+    :param target: the files of the targets' rows (:func:`_read_document_rows`).
     :param targets: sorted, distinct document ids the rows of ``target`` index.
     """
 
     items: Any
-    target: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    pair_prefix: np.ndarray
+    pair_key: np.ndarray
+    column_of_token: np.ndarray
+    target: list[Path]
     targets: np.ndarray
+
+    def target_blocks(self, rows: int = 1 << 18) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The targets' rows whose token an ad has, as (target index, column, weight), ``rows`` records at a time.
+
+        Rows whose token no ad has are dropped (the reduction would ignore them); each file is deleted once read.
+        """
+        for path in self.target:
+            with open(path, "rb") as handle:
+                while len(block := np.fromfile(handle, dtype=_TARGET_ROW, count=rows)):
+                    found = np.full(len(block), -1, dtype=np.int64)
+                    prefix, key = block["prefix"], block["key"]
+                    for code in np.unique(prefix):
+                        # The tokens of one prefix are a sorted run of the distinct pairs: one binary search per row.
+                        low, high = np.searchsorted(self.pair_prefix, [code, code + 1])
+                        if high == low:
+                            continue
+                        rows_of_code = np.flatnonzero(prefix == code)
+                        position = np.searchsorted(self.pair_key[low:high], key[rows_of_code])
+                        position = np.minimum(position, high - low - 1)
+                        hit = self.pair_key[low + position] == key[rows_of_code]
+                        found[rows_of_code[hit]] = low + position[hit]
+                    hit = found >= 0
+                    yield block["document"][hit], self.column_of_token[found[hit]], block["weight"][hit]
+            path.unlink()
 
 
 def _content_tokens(rows: _DocumentRows, item_ids: np.ndarray) -> _ContentTokens:
-    """Turn the rows of :func:`_read_document_rows` into token columns, letting the keys and texts go.
-
-    The targets' rows shrink from (index, prefix, 64-bit key, weight) to (index, column, weight), each piece in turn.
+    """The item-token matrix of the rows of :func:`_read_document_rows`, letting the landing pages' rows go.
 
     :param item_ids: ad id of every item index.
     """
     items, pair_prefix, pair_key, column_of_token = _item_token_matrix(rows.promoted, rows.landing, item_ids)
-    pieces = rows.target[::-1]
-    rows.target.clear()
-    matched: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    while pieces:
-        part = pieces.pop()
-        found = np.full(len(part.key), -1, dtype=np.int64)
-        for code in np.unique(part.prefix):
-            # The tokens of one prefix are a sorted run of the distinct pairs: one binary search per row.
-            low, high = np.searchsorted(pair_prefix, [code, code + 1])
-            if high == low:
-                continue
-            rows_of_code = np.flatnonzero(part.prefix == code)
-            position = np.minimum(np.searchsorted(pair_key[low:high], part.key[rows_of_code]), high - low - 1)
-            hit = pair_key[low + position] == part.key[rows_of_code]
-            found[rows_of_code[hit]] = low + position[hit]
-        hit = found >= 0
-        matched.append((part.document[hit], column_of_token[found[hit]].astype(np.int32), part.weight[hit]))
-    return _ContentTokens(items, matched, rows.targets)
+    return _ContentTokens(items, pair_prefix, pair_key, column_of_token, rows.target, rows.targets)
 
 
 def _content_vectors(
@@ -1839,7 +1861,7 @@ def _content_vectors(
 
     from recsys_gym.data.dataset import _truncated_svd
 
-    items, target, targets = tokens.items, tokens.target, tokens.targets
+    items, targets = tokens.items, tokens.targets
 
     # IDF and basis from the training ads alone; the weights are scaled in place (no second copy of the matrix).
     n_columns = items.shape[1]
@@ -1854,23 +1876,21 @@ def _content_vectors(
     contribution = idf[:, None] * right.T
     item_vectors = _normalise_rows(np.asarray(items @ contribution))
 
-    # The targets' rows many pieces at a time, as a sparse product over the documents they touch only (a product over
-    # every target would make a dense array of them all per batch); each piece let go once summed.
-    totals = np.zeros((len(targets), right.shape[0]))
-    pending = target[::-1]
-    target.clear()
-    batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    while pending:
-        batch.append(pending.pop())
-        if sum(len(part[0]) for part in batch) < 1 << 18 and pending:
-            continue
-        documents, columns, weights = (np.concatenate(part) for part in zip(*batch, strict=True))
-        batch.clear()
+    del items
+    tokens.items = None
+
+    # The targets' rows block by block, as a sparse product over the documents a block touches only (a product over
+    # every target would make a dense array of them all per block). Summed in single precision, the cache's.
+    totals = np.zeros((len(targets), right.shape[0]), dtype=np.float32)
+    for documents, columns, weights in tokens.target_blocks():
         touched, row = np.unique(documents, return_inverse=True)
         shares = sparse.csr_matrix((weights.astype(np.float64), (row, columns)), shape=(len(touched), n_columns))
         totals[touched] += shares @ contribution
-    totals = _normalise_rows(totals)
-    return item_vectors, totals[np.searchsorted(targets, context_ids)], totals[np.searchsorted(targets, page_ids)]
+    # Rows scaled to unit length in place; the context pages are all the targets unless there are page views.
+    norms = np.linalg.norm(totals, axis=1, keepdims=True)
+    np.divide(totals, norms, out=totals, where=norms > 0)
+    contexts = totals if len(context_ids) == len(targets) else totals[np.searchsorted(targets, context_ids)]
+    return item_vectors, contexts, totals[np.searchsorted(targets, page_ids)]
 
 
 def _entity_keys(texts: pa.Array) -> np.ndarray:
