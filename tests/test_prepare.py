@@ -20,6 +20,7 @@ from test_outbrain_loader import ALL_FILES, CLICKS, EVENTS, write_files
 
 from recsys_gym.cli import main
 from recsys_gym.data import dataset as dataset_module
+from recsys_gym.data import prepare as prepare_module
 from recsys_gym.data.dataset import BuildOptions, CompactDataset, build_dataset, load_dataset
 from recsys_gym.data.outbrain import read_outbrain
 from recsys_gym.data.prepare import PAUSE_ENV, PrepareOptions, prepare_outbrain
@@ -397,6 +398,20 @@ def test_content_features_are_the_same_bits_in_every_run(generated: Path, tmp_pa
         assert run.item_features.tobytes() == runs[0].item_features.tobytes()
         assert run.context_features.tobytes() == runs[0].context_features.tobytes()
         assert run.manifest["array_blake2b"] == runs[0].manifest["array_blake2b"]
+
+
+def test_context_vectors_do_not_depend_on_the_block_size_of_the_spilled_rows(
+    generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = prepare_outbrain(generated, tmp_path / "whole", progress=False)
+    # Blocks of 7 rows: a page's rows fall in several blocks, and a block holds several rows of one page.
+    blocks = prepare_module._ContentTokens.target_blocks
+    monkeypatch.setattr(prepare_module._ContentTokens, "target_blocks", lambda self: blocks(self, rows=7))
+    small = prepare_outbrain(generated, tmp_path / "small", progress=False)
+    assert small.context_features.shape == whole.context_features.shape == (len(whole.context_ids), 8)
+    assert np.count_nonzero(np.any(whole.context_features != 0, axis=1)) > 0.9 * len(whole.context_ids)
+    np.testing.assert_allclose(small.context_features, whole.context_features, atol=1e-6)
+    assert not any((tmp_path / "small").rglob("content-rows-*"))
 
 
 def test_an_over_long_user_id_is_named_or_skipped(tmp_path: Path) -> None:
