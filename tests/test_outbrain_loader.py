@@ -226,7 +226,11 @@ def test_missing_folder_and_required_files(tmp_path: Path) -> None:
             r"events\.csv: line 3 column 'timestamp' holds '8\.5'",
         ),
         ("events.csv", EVENTS.replace("2,bbb,101", "2,,101"), r"events\.csv: line 3 column 'uuid' is empty"),
-        ("events.csv", EVENTS.replace("3,aaa,102", "1,aaa,102"), r"events\.csv: display_id 1 has more than one row"),
+        (
+            "events.csv",
+            EVENTS.replace("3,aaa,102", "1,aaa,102"),
+            r"events\.csv: display_id 1 has more than one row \(lines 2 and 4\)",
+        ),
         (
             "documents_topics.csv",
             TOPICS.replace("0.8", "1.5"),

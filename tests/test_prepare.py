@@ -161,7 +161,7 @@ GOOD_CLICKS = "display_id,ad_id,clicked\n1,10,0\n1,11,1\n2,10,1\n2,12,0\n3,11,0\
         (
             "events.csv",
             EVENTS + "2,bbb,101,99,1,US\n",
-            r"events.csv: display_id 2 has two different rows \(the first on line 3\)",
+            r"events.csv: display_id 2 has two different rows \(lines 3 and 6\)",
         ),
         ("clicks_train.csv", "", r"clicks_train.csv: the file is empty"),
         ("events.csv", "display_id,uuid,document_id,timestamp,platform\n", r"no impression is left"),

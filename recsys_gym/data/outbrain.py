@@ -245,12 +245,27 @@ def _clicked_ad_per_display(clicks: pd.DataFrame, path: Path) -> pd.Series:
 
 def _line_of_display(path: Path, display_id: int) -> int:
     """Return the first line of a file whose first field is ``display_id`` (-1 when none); used on error paths only."""
+    lines = _lines_of_display(path, display_id, 1)
+    return lines[0] if lines else -1
+
+
+def _lines_of_display(path: Path, display_id: int, most: int) -> list[int]:
+    """Return the first ``most`` lines of a file whose first field is ``display_id`` (fewer where there are fewer)."""
     prefix = f"{display_id},".encode()
+    found: list[int] = []
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             if raw.startswith(prefix):
-                return line_number
-    return -1
+                found.append(line_number)
+                if len(found) == most:
+                    break
+    return found
+
+
+def _two_rows_text(path: Path, display_id: int) -> str:
+    """``"lines 3 and 9"``: where the first two rows of ``display_id`` are (error paths only)."""
+    lines = _lines_of_display(path, display_id, 2)
+    return "lines " + " and ".join(str(line) for line in lines) if len(lines) == 2 else f"line {lines[0] if lines else -1}"
 
 
 def _event_filter(path: Path, displays: pd.Index, counter: list[int]) -> ChunkTransform:
@@ -286,7 +301,7 @@ def _check_unique_displays(events: pd.DataFrame, path: Path) -> None:
     if repeated.any():
         display_id = int(events["display_id"].to_numpy()[repeated][0])
         raise DataError(
-            f"{path}: display_id {display_id} has more than one row (the first on line {_line_of_display(path, display_id)}); "
+            f"{path}: display_id {display_id} has more than one row ({_two_rows_text(path, display_id)}); "
             "expected one event per display"
         )
 

@@ -140,6 +140,7 @@ from recsys_gym.data.outbrain import (
     FILE_COLUMNS,
     PLATFORM_CODES,
     _line_of_display,
+    _two_rows_text,
     note_missing_optional_files,
 )
 from recsys_gym.error import DataError, MissingDataError
@@ -896,8 +897,8 @@ class _Preparer:
             if len(conflicting) and not self.skip:
                 bad = int(conflicting[0])
                 raise DataError(
-                    f"{self.events_path}: display_id {bad} has two different rows (the first on line "
-                    f"{_line_of_display(self.events_path, bad)}); expected one event per display "
+                    f"{self.events_path}: display_id {bad} has two different rows ({_two_rows_text(self.events_path, bad)}); "
+                    "expected one event per display "
                     "(on_bad_lines='skip', or --skip-bad-lines on the command line, drops such displays)"
                 )
             self.add("displays dropped: conflicting events (skip mode)", len(conflicting))
