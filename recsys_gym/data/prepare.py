@@ -647,8 +647,8 @@ class _Preparer:
             self.partition_page_views()
         # The items, in the reference's order: their ids compared as strings.
         self.item_ids = self.ads[np.argsort(self.ads.astype(str), kind="stable")]
-        # The documents whose content is needed are known now: read them while the arrays are written, and turn them
-        # into token columns (the reduction itself waits for the training counts).
+        # The documents whose content is needed are known now: read them while the arrays are written (the ads' token
+        # matrix is built, the other pages' rows spilled: the reduction itself waits for the training counts).
         with ThreadPoolExecutor(1) as pool:
             early = None
             if self.options.content_dim > 0:
@@ -1371,7 +1371,7 @@ class _Preparer:
 
     # -- phase 8 -------------------------------------------------------------------------------
     def read_content(self, targets: np.ndarray, chunk_rows: int) -> _ContentTokens | None:
-        """Phase 8, first part: the content rows of the ads and of ``targets``, as token columns (:func:`_content_tokens`).
+        """Phase 8, first part: the ads' token matrix, and the rows of ``targets`` spilled to disk (:func:`_content_tokens`).
 
         :param targets: sorted, distinct document ids whose vectors are wanted (context pages and pages read).
         :param chunk_rows: rows parsed per chunk.
