@@ -286,8 +286,61 @@ def test_an_existing_output_is_reused_replaced_or_refused(tmp_path: Path) -> Non
     assert changed.item_dim == 3
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match=r"out_dir='.*other' exists and is not a dataset cache"):
+    with pytest.raises(DataError, match=r"out_dir='.*other' exists and is a folder of other files, not a dataset cache"):
         prepare_outbrain(raw_dir, tmp_path / "other", progress=False)
+    # A folder of other files that holds a manifest.json of its own is not a cache either: nothing of it is deleted.
+    (tmp_path / "other" / "manifest.json").write_text('{"name": "my web app"}')
+    with pytest.raises(DataError, match=r"not a dataset cache"):
+        prepare_outbrain(raw_dir, tmp_path / "other", progress=False)
+    assert sorted(path.name for path in (tmp_path / "other").iterdir()) == ["manifest.json", "notes.txt"]
+    # A cache with a file of the user's added is not replaced; nor is a file.
+    (changed.path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"not a dataset cache"):
+        prepare_outbrain(raw_dir, changed.path, progress=False)
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(DataError, match=r"out_dir='.*file' exists and is not a folder"):
+        prepare_outbrain(raw_dir, tmp_path / "file", progress=False)
+    with pytest.raises(DataError, match=r"out_dir='.*other' exists and is a folder of other files"):
+        build_dataset(read_outbrain(raw_dir), tmp_path / "other", BuildOptions())
+
+
+def test_a_cache_is_replaced_only_once_the_new_one_is_complete(tmp_path: Path) -> None:
+    raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS, "clicks_train.csv": CLICKS})
+    old = prepare_outbrain(raw_dir, tmp_path / "out", progress=False)
+    digests = old.manifest["array_blake2b"]
+    # Other options on input that turns out bad: the run fails, the old cache stays as it was, and trusted.
+    bad = write_files(tmp_path / "bad", {"events.csv": EVENTS, "clicks_train.csv": CLICKS + "x1,1,0\n"})
+    with pytest.raises(DataError, match=r"line \d+ column 'display_id'"):
+        prepare_outbrain(bad, tmp_path / "out", options=PrepareOptions(cf_dim=0), progress=False)
+    again = CompactDataset(tmp_path / "out")
+    assert again.manifest["array_blake2b"] == digests and again.item_dim == old.item_dim
+    # The same with a run killed before it seals: the old cache is whole; the next run replaces it.
+    env = {**os.environ, PAUSE_ENV: "before_seal"}
+    command = [
+        sys.executable,
+        "-m",
+        "recsys_gym",
+        "prepare",
+        "outbrain",
+        "--raw",
+        str(raw_dir),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    process = subprocess.Popen(
+        [*command, "--cf-dim", "0", "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    for _ in range(600):
+        if list(tmp_path.glob(".out.*.partial/PAUSED")) or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    paused = list(tmp_path.glob(".out.*.partial/PAUSED"))
+    process.kill()
+    process.wait()
+    assert paused, process.stderr.read() if process.stderr else ""
+    assert CompactDataset(tmp_path / "out").manifest["array_blake2b"] == digests
+    new = prepare_outbrain(raw_dir, tmp_path / "out", options=PrepareOptions(cf_dim=0), progress=False)
+    assert new.item_dim == 3 and not list(tmp_path.glob(".out.*"))
 
 
 def test_command_line_prints_the_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -315,8 +315,8 @@ def build_dataset(raw: RawLog, out_dir: str | os.PathLike[str], options: BuildOp
     """Encode, split and featurise a raw log, and write it atomically as a cache directory.
 
     :param raw: the log, as a loader returned it.
-    :param out_dir: the cache directory to create. It must not exist yet, or must be an untrusted
-        (incomplete) cache, which is then replaced.
+    :param out_dir: the cache directory to create. It must not exist yet, or must be an empty folder or an
+        untrusted (incomplete, changed) cache, which is then replaced; any other folder is an error.
     :param options: split and feature settings; defaults when ``None``.
     :return: the dataset, mapped from ``out_dir``.
     :raises DataError: when the log cannot give both a training and a test split.
@@ -324,6 +324,7 @@ def build_dataset(raw: RawLog, out_dir: str | os.PathLike[str], options: BuildOp
     options = options or BuildOptions()
     raw.validate()
     out_dir = Path(out_dir)
+    check_replaceable(out_dir)
     impressions = raw.impressions
 
     # Encode raw ids as contiguous indices, sorted by raw id so the encoding is reproducible.
@@ -706,15 +707,51 @@ def _umask() -> int:
     return 0o022
 
 
-def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
+def is_cache_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder this package wrote as a cache, whole or not, changed or not since.
+
+    It must hold a manifest of ours and nothing but the files a cache holds: only such a folder (or an empty one) is
+    ever replaced, so a folder of other files that happens to hold a ``manifest.json`` is never deleted.
+    """
+    try:
+        with open(path / "manifest.json", encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        entries = [entry.name for entry in path.iterdir()]
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or not {"cache_version", "array_bytes"} <= manifest.keys():
+        return False
+    allowed = {f"{name}.npy" for name in _ARRAY_NAMES} | {"manifest.json"}
+    return all(name in allowed or name.startswith(_VERIFIED_STAMP) for name in entries)
+
+
+def check_replaceable(out_dir: Path, argument: str = "out_dir") -> None:
+    """Raise unless ``out_dir`` is absent, an empty folder or a cache folder (:func:`is_cache_folder`).
+
+    :param argument: the name the caller knows ``out_dir`` by, for the error.
+    :raises DataError: naming the folder, when it holds anything else.
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_dir() and (is_cache_folder(out_dir) or not any(out_dir.iterdir())):
+        return
+    what = "a folder of other files" if out_dir.is_dir() else "not a folder"
+    raise DataError(f"{argument}={str(out_dir)!r} exists and is {what}, not a dataset cache; choose another folder")
+
+
+def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any], *, replace: bool = False) -> None:
     """Record the size and digest of every array of ``tmp_dir`` in its manifest (written last), then rename it to ``out_dir``.
 
     :param tmp_dir: a directory from :func:`partial_dir` holding every array of :data:`_ARRAY_NAMES`.
-    :param out_dir: the final cache directory. An untrusted leftover there is replaced; a trusted one (a
-        concurrent build) is kept and ``tmp_dir`` dropped.
+    :param out_dir: the final cache directory. An untrusted cache or an empty folder there is replaced; a trusted one
+        (a concurrent build) is kept and ``tmp_dir`` dropped, unless ``replace``. Anything else there is an error,
+        raised before any change.
     :param manifest: the manifest's other fields.
+    :param replace: replace a trusted cache too (one of other files or options): it is moved aside only once the
+        new one is complete, and deleted once the new one is in place.
     """
     try:
+        check_replaceable(out_dir)
         files = {name: tmp_dir / f"{name}.npy" for name in _ARRAY_NAMES}
         manifest = {
             **manifest,
@@ -729,10 +766,15 @@ def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_dir / "manifest.json.tmp", tmp_dir / "manifest.json")
+        aside = None
         if out_dir.exists():
-            if _is_trusted(out_dir):
+            if _is_trusted(out_dir) and not replace:
                 return
-            shutil.rmtree(out_dir)
+            check_replaceable(out_dir)
+            # Moved into a .partial sibling (without a PID file: a kill before it is deleted leaves it to
+            # clean_stale_partials), so the old cache is never deleted before the new one is ready.
+            aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+            os.rename(out_dir, aside / out_dir.name)
         try:
             os.rename(tmp_dir, out_dir)
         except OSError:
@@ -741,6 +783,8 @@ def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
         else:
             # The digests were just taken of these very files: the first load need not read them all again.
             _stamp_verified(out_dir)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 

@@ -128,6 +128,7 @@ from recsys_gym.data.dataset import (
     _is_trusted,
     _normalise_rows,
     cache_path_for,
+    check_replaceable,
     clean_stale_partials,
     default_cache_dir,
     encode_strings,
@@ -354,15 +355,16 @@ def prepare_outbrain(
     else:
         target = Path(out_dir).expanduser()
     source_key = cache_path_for("outbrain", folder, key_options, Path(".")).name
-    if target.exists():
-        if _is_trusted(target) and _manifest_of(target).get("source_key") == source_key:
-            logger.info("%s is already prepared from %s with these options", target, folder)
-            return CompactDataset(target)
-        if (target / "manifest.json").is_file() or (target.is_dir() and not any(target.iterdir())):
-            logger.warning("replacing %s: it is an incomplete, changed or different cache", target)
-            shutil.rmtree(target)
-        else:
-            raise DataError(f"out_dir={str(target)!r} exists and is not a dataset cache; choose another folder")
+    if target.is_dir() and _is_trusted(target) and _manifest_of(target).get("source_key") == source_key:
+        logger.info("%s is already prepared from %s with these options", target, folder)
+        return CompactDataset(target)
+    # Only a cache (or an empty folder) is ever replaced, and only once the new one is complete.
+    check_replaceable(target)
+    replace = target.exists()
+    if replace:
+        logger.warning(
+            "%s will be replaced once the new cache is complete: it is an incomplete, changed or different cache", target
+        )
 
     # Prepare in a fresh .partial directory, after removing those of killed runs.
     clean_stale_partials(target)
@@ -377,7 +379,7 @@ def prepare_outbrain(
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    seal_cache(tmp_dir, target, manifest)
+    seal_cache(tmp_dir, target, manifest, replace=replace)
     dataset = CompactDataset(target)
     logger.info("prepared %r", dataset)
     return dataset
