@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys_gym.data.csvstream import _text_blocks, stream_csv
+from recsys_gym.data.csvstream import MAX_BLOCK_BYTES, _block_size, _text_blocks, stream_csv
 from recsys_gym.error import DataError
 
 
@@ -29,6 +29,22 @@ def test_blocks_are_whole_lines_and_cover_the_data(tmp_path: Path) -> None:
 def test_a_line_longer_than_a_block_and_no_final_newline(tmp_path: Path) -> None:
     path = write(tmp_path / "a.csv", "id,name\n1," + "y" * 100 + "\n2,z")
     assert list(_text_blocks(path, 8)) == [b"1," + b"y" * 100 + b"\n", b"2,z"]
+
+
+def test_block_sizes_follow_the_lines_and_stay_bounded(tmp_path: Path) -> None:
+    # 1,000 lines of 10 bytes (header included in the sample): 100 rows make a 1,000-byte block, raised to 1,024.
+    path = write(tmp_path / "a.csv", "id,name,x\n" + "12345,abc\n" * 999)
+    assert _block_size(path, 100) == 1024
+    assert _block_size(path, 500) == 5000
+    # Never more than the file: a 200,000-byte first line made every block 100,000 such lines (3.3 GB) before.
+    long_first = write(tmp_path / "b.csv", "id,name\n1," + "u" * 200_000 + "\n" + "2,v\n" * 10)
+    assert _block_size(long_first, 100_000) == long_first.stat().st_size
+    # Nor more than MAX_BLOCK_BYTES on a file larger than that (sparse: nothing is written after its first lines).
+    large = tmp_path / "c.csv"
+    with open(large, "wb") as handle:
+        handle.write(b"id,name\n1," + b"u" * 70_000 + b"\n")
+        handle.truncate(MAX_BLOCK_BYTES * 2)
+    assert _block_size(large, 100_000) == MAX_BLOCK_BYTES
 
 
 def test_small_blocks_give_the_same_rows_as_one_block(tmp_path: Path) -> None:

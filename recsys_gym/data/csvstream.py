@@ -81,14 +81,21 @@ def check_text_file(path: Path) -> None:
             raise DataError(f"{path}: the file is not UTF-8 text (byte {err.start}: {err.reason}); expected CSV") from err
 
 
+#: The most bytes of text parsed at a time (a line longer than that still makes its block as long as itself).
+MAX_BLOCK_BYTES = 64 << 20
+
+
 def _block_size(path: Path, chunk_rows: int) -> int:
-    """Bytes per parsed block: about ``chunk_rows`` lines, and never less than a few of the longest lines seen."""
+    """Bytes per parsed block: about ``chunk_rows`` lines, never less than a few of the longest lines seen, and never
+    more than :data:`MAX_BLOCK_BYTES` or the file (a long line among the first ones would otherwise make every block
+    huge: the line lengths are sampled from the file's first 64 KiB)."""
     with open(path, "rb") as handle:
         sample = handle.read(1 << 16)
     lines = sample.splitlines() or [sample]
     longest = max(len(line) for line in lines) + 1
     mean = max(len(sample) / max(len(lines), 1), 1.0)
-    return int(max(chunk_rows * mean, 4 * longest, 1024))
+    wanted = max(min(chunk_rows * mean, MAX_BLOCK_BYTES), 4 * longest, 1024)
+    return int(min(wanted, max(path.stat().st_size, 1024)))
 
 
 def stream_csv(
