@@ -36,7 +36,8 @@ TRAINING_SETUPS: dict[str, tuple[Any, type[BasePolicy], dict[str, Any]]] = {
     "DQN": (
         DQN,
         CandidateDQNPolicy,
-        {"learning_starts": 100, "train_freq": 4, "exploration_fraction": 0.3, "learning_rate": 1e-3},
+        # buffer_size: far more than these runs' steps (SB3's default, a million, reserves hundreds of MB).
+        {"learning_starts": 100, "train_freq": 4, "exploration_fraction": 0.3, "learning_rate": 1e-3, "buffer_size": 10_000},
     ),
 }
 

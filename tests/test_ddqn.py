@@ -27,6 +27,8 @@ FAST_SETTINGS: dict[str, Any] = {
     "exploration_fraction": 0.3,
     "learning_rate": 1e-3,
     "target_update_interval": 250,
+    # Far more than these runs' steps; SB3's default (a million) would reserve hundreds of MB of buffer.
+    "buffer_size": 10_000,
 }
 
 
