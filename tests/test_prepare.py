@@ -189,8 +189,11 @@ def test_skip_mode_counts_bad_lines_and_displays(tmp_path: Path) -> None:
 
 def test_missing_and_compressed_files_are_named(tmp_path: Path) -> None:
     raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS})
-    with pytest.raises(MissingDataError, match=r"has no clicks_train.csv"):
+    with pytest.raises(MissingDataError, match=r"^raw_dir='.*raw' has no clicks_train.csv"):
         prepare_outbrain(raw_dir, progress=False)
+    # Through load_dataset (and gym.make) the folder is named by the argument given there.
+    with pytest.raises(MissingDataError, match=r"^data_dir='.*raw' has no clicks_train.csv"):
+        load_dataset("outbrain", data_dir=raw_dir, cache_dir=tmp_path / "cache")
     (raw_dir / "clicks_train.csv").mkdir()
     with pytest.raises(MissingDataError, match=r"clicks_train.csv is a folder, not a file"):
         prepare_outbrain(raw_dir, progress=False)

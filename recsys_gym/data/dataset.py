@@ -938,8 +938,9 @@ def load_dataset(
 
     # Outbrain's files go through the streaming preparation, with its own options in the cache key.
     if dataset == "outbrain":
-        from recsys_gym.data.prepare import PrepareOptions, prepare_outbrain
+        from recsys_gym.data.prepare import PrepareOptions, check_raw_folder, prepare_outbrain
 
+        check_raw_folder(source, "data_dir")
         prepare = PrepareOptions(
             test_fraction=test_fraction, content_dim=content_dim, cf_dim=cf_dim, **dict(prepare_options or {})
         )

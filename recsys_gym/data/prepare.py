@@ -332,20 +332,7 @@ def prepare_outbrain(
     if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) or bucket_bytes < 1:
         raise ValueError(f"bucket_bytes must be an integer >= 1, got {bucket_bytes!r}")
 
-    # Check the folder and the required files.
-    folder = Path(raw_dir).expanduser()
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise MissingDataError(f"raw_dir={str(raw_dir)!r} {what}; {_DOWNLOAD_HINT}")
-    for required in ("events.csv", "clicks_train.csv"):
-        if (folder / required).exists() and not (folder / required).is_file():
-            raise MissingDataError(
-                f"raw_dir={str(raw_dir)!r}: {required} is a folder, not a file; expected the CSV file there"
-            )
-        if not (folder / required).is_file():
-            compressed = [path.name for path in folder.glob(f"{required}.*")]
-            hint = f" (found {compressed}: unpack it first)" if compressed else ""
-            raise MissingDataError(f"raw_dir={str(raw_dir)!r} has no {required}{hint}; {_DOWNLOAD_HINT}")
+    folder = check_raw_folder(raw_dir)
 
     # Decide the output directory and whether an existing one can be reused.
     key_options = asdict(options)
@@ -383,6 +370,28 @@ def prepare_outbrain(
     dataset = CompactDataset(target)
     logger.info("prepared %r", dataset)
     return dataset
+
+
+def check_raw_folder(raw_dir: str | os.PathLike[str], argument: str = "raw_dir") -> Path:
+    """Check that ``raw_dir`` is a folder holding the two required files; return it as a path.
+
+    :param argument: the name the caller knows the folder by, for the errors.
+    :raises MissingDataError: naming the argument, when the folder or a required file is missing (or is compressed).
+    """
+    folder = Path(raw_dir).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise MissingDataError(f"{argument}={str(raw_dir)!r} {what}; {_DOWNLOAD_HINT}")
+    for required in ("events.csv", "clicks_train.csv"):
+        if (folder / required).exists() and not (folder / required).is_file():
+            raise MissingDataError(
+                f"{argument}={str(raw_dir)!r}: {required} is a folder, not a file; expected the CSV file there"
+            )
+        if not (folder / required).is_file():
+            compressed = [path.name for path in folder.glob(f"{required}.*")]
+            hint = f" (found {compressed}: unpack it first)" if compressed else ""
+            raise MissingDataError(f"{argument}={str(raw_dir)!r} has no {required}{hint}; {_DOWNLOAD_HINT}")
+    return folder
 
 
 @contextmanager
