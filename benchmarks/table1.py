@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -93,7 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=200, help="episodes in the moving average of Figure 2")
     parser.add_argument("--out", default="runs/table1", help="folder for the results")
     parser.add_argument("--quick", action="store_true", help="a small budget that finishes in under 10 minutes on 2 cores")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide progress bars (shown only when stderr is a terminal anyway)"
+    )
     args = parser.parse_args(argv)
 
     # Fill the budget-dependent defaults and check the values.
@@ -159,7 +162,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> pd.DataFrame:
     figure_k = args.train_k if args.policy == "candidate" or args.train_k in args.ks else args.ks[0]
     rows: list[dict[str, Any]] = []
     curves: list[pd.DataFrame] = []
-    progress = not args.no_progress
+    # Bars on a terminal only: in a log file they would be lines of carriage returns between the log lines.
+    progress = not args.no_progress and sys.stderr.isatty()
     for seed, method, train_k in tqdm(jobs, desc="Table 1 runs", disable=not progress, unit="run"):
         logger.info("training %s (seed %d, k=%d, %d steps)", method, seed, train_k, args.timesteps)
         trained = train_method(
@@ -196,7 +200,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> pd.DataFrame:
         plot_figure2(curve_table, figure_k, args.window, out / "figure2.png", title=_title(args))
     metadata["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     write_json(out / "run.json", metadata)
-    logger.info("wrote %s", ", ".join(str(out / name) for name in ("table1.csv", "table1.md", "figure2.png", "run.json")))
+    logger.info("wrote %s", ", ".join(str(out / name) for name in RESULT_FILES if (out / name).exists()))
     return results
 
 
@@ -302,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     script = os.path.relpath(Path(__file__).resolve(), Path.cwd())
-    results = run(args, [script, *argv])
+    # Log lines go through tqdm, so they do not cut a bar in two.
+    with logging_redirect_tqdm():
+        results = run(args, [script, *argv])
     summary = results.groupby(["method", "k"])["ctr"].mean().unstack("k")
     print(summary.round(3).to_string())
     return 0
