@@ -183,40 +183,38 @@ def write_page_views(source: Path, target: Path, rows: int, known: float, seed: 
     rng = np.random.default_rng(seed)
     hex_digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
     partial = target / "page_views.csv.partial"
-    with pacsv.CSVWriter(
-        str(partial),
-        pa.schema(
-            [
-                ("uuid", pa.string()),
-                ("document_id", pa.int64()),
-                ("timestamp", pa.int64()),
-                ("platform", pa.int64()),
-                ("geo_location", pa.string()),
-                ("traffic_source", pa.int64()),
-            ]
-        ),
-    ) as writer:
-        for start in range(0, rows, 2_000_000):
-            n = min(2_000_000, rows - start)
-            is_known = rng.random(n) < known
-            # Unknown users: random hex strings of the uuids' width.
-            strangers = hex_digits[rng.integers(0, 16, size=(n, width))].view(f"S{width}").ravel()
-            uuid = pa.array(strangers).cast(pa.string())
-            uuid = pc.if_else(pa.array(is_known), users.take(pa.array(rng.integers(0, len(users), n))), uuid)
-            writer.write_table(
-                pa.table(
-                    {
-                        "uuid": uuid,
-                        "document_id": documents[rng.integers(0, len(documents), n)],
-                        "timestamp": rng.integers(times.min(), times.max() + 1, n),
-                        "platform": rng.integers(1, 4, n),
-                        "geo_location": pa.array(
-                            np.array(["US>CA>807", "US>NY>501", "GB>H9", "IN>10"])[rng.integers(0, 4, n)]
-                        ),
-                        "traffic_source": rng.integers(1, 4, n),
-                    }
-                )
-            )
+    schema = pa.schema(
+        [
+            ("uuid", pa.string()),
+            ("document_id", pa.int64()),
+            ("timestamp", pa.int64()),
+            ("platform", pa.int64()),
+            ("geo_location", pa.string()),
+            ("traffic_source", pa.int64()),
+        ]
+    )
+    # Nothing quoted, header included, as Kaggle writes its files (Arrow would quote every string and name).
+    with open(partial, "wb") as handle:
+        handle.write((",".join(schema.names) + "\n").encode())
+        options = pacsv.WriteOptions(include_header=False, quoting_style="none")
+        with pacsv.CSVWriter(handle, schema, write_options=options) as writer:
+            for start in range(0, rows, 2_000_000):
+                n = min(2_000_000, rows - start)
+                is_known = rng.random(n) < known
+                # Unknown users: random hex strings of the uuids' width.
+                strangers = hex_digits[rng.integers(0, 16, size=(n, width))].view(f"S{width}").ravel()
+                uuid = pa.array(strangers).cast(pa.string())
+                uuid = pc.if_else(pa.array(is_known), users.take(pa.array(rng.integers(0, len(users), n))), uuid)
+                locations = np.array(["US>CA>807", "US>NY>501", "GB>H9", "IN>10"])
+                columns = {
+                    "uuid": uuid,
+                    "document_id": documents[rng.integers(0, len(documents), n)],
+                    "timestamp": rng.integers(times.min(), times.max() + 1, n),
+                    "platform": rng.integers(1, 4, n),
+                    "geo_location": pa.array(locations[rng.integers(0, 4, n)]),
+                    "traffic_source": rng.integers(1, 4, n),
+                }
+                writer.write_table(pa.table(columns, schema=schema))
     partial.rename(target / "page_views.csv")
 
 
@@ -334,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.page_views:
         raw = work / f"generated-{views_label}"
         marker = raw / "PAGE_VIEWS.json"
-        wanted = {"rows": args.page_views, "known": args.page_view_known, "seed": args.seed}
+        wanted = {"rows": args.page_views, "known": args.page_view_known, "seed": args.seed, "quoting": "none"}
         if not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) != wanted:
             shutil.rmtree(raw, ignore_errors=True)
             logger.info("writing %d page views beside size %g into %s", args.page_views, large, raw)
