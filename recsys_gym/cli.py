@@ -81,7 +81,7 @@ def generate(args: argparse.Namespace) -> int:
 
     try:
         folder = generate_outbrain(args.out, size=args.size, seed=args.seed)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         print(f"recsys-gym generate outbrain: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -125,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=not args.quiet,
                 cache_dir=args.cache_dir,
             )
-    except (DataError, MissingDataError, ValueError) as err:
+    except (DataError, MissingDataError, ValueError, OSError) as err:
+        # The system's own errors (no space left, no permission, ...) too: one line, not a traceback.
         print(f"recsys-gym prepare outbrain: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -114,3 +114,21 @@ def test_a_huge_bad_value_is_named_with_its_length_not_in_full(tmp_path: Path) -
     with pytest.raises(DataError, match=r"line 6 column 'ad_id' holds '7{40}'\.\.\. \(150,001 characters\)") as caught:
         list(stream_csv(path, CLICK_COLUMNS, chunk_rows=1000))
     assert len(str(caught.value)) < 500
+
+
+def test_a_quoted_empty_value_is_as_empty_as_an_unquoted_one(tmp_path: Path) -> None:
+    # Writers that quote every field write "" for an empty one: missing where a column may be, in both modes.
+    path = write(tmp_path / "a.csv", 'a,b\n1,""\n2,\n"3","4"\n')
+    for mode in ("error", "skip"):
+        counts: dict[str, int] = {}
+        (batch,) = stream_csv(path, {"a": "int", "b": "int?"}, chunk_rows=10, on_bad_lines=mode, counts=counts)
+        np.testing.assert_array_equal(batch["a"], [1, 2, 3])
+        np.testing.assert_array_equal(batch["b"], [np.nan, np.nan, 4.0])
+        assert counts == {"a.csv: rows read": 3}
+    # Where a value is required, a quoted empty one is an error naming its line, or a counted skip.
+    path.write_text('a,b\n1,""\n"3","4"\n')
+    with pytest.raises(DataError, match=r"a.csv: line 2 column 'b' is empty, expected a value"):
+        list(stream_csv(path, {"a": "int", "b": "int"}, chunk_rows=10))
+    counts = {}
+    (batch,) = stream_csv(path, {"a": "int", "b": "int"}, chunk_rows=10, on_bad_lines="skip", counts=counts)
+    assert batch["b"].tolist() == [4] and counts["a.csv: malformed lines skipped"] == 1

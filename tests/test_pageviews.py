@@ -252,6 +252,16 @@ def test_absent_or_disabled_page_views_give_zero_width_and_the_same_cache(tmp_pa
     assert np.array_equal(used.context_features, without.context_features)
 
 
+def test_a_page_view_file_with_no_kept_row_keeps_its_columns_and_says_so(tmp_path: Path) -> None:
+    header_only = prepare(write_raw(tmp_path / "empty", page_views=PAGE_VIEWS.splitlines()[0] + "\n"), tmp_path / "a")
+    assert header_only.imp_pageviews.shape == (5, 3) and not header_only.imp_pageviews.any()
+    notes = header_only.manifest["notes"]
+    assert any("no page view was kept (0 rows read): every imp_pageviews value is 0" in note for note in notes), notes
+    # With page views kept, no such note.
+    used = prepare(write_raw(tmp_path / "with"), tmp_path / "b")
+    assert not any("no page view was kept" in note for note in used.manifest["notes"])
+
+
 @pytest.mark.parametrize("obs_mode", ["flat", "dict"])
 def test_the_observation_holds_the_vector_and_stays_in_its_space(tmp_path: Path, obs_mode: str) -> None:
     data = prepare(write_raw(tmp_path / "raw"), tmp_path / "out")

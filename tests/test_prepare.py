@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -289,7 +290,7 @@ def test_an_existing_output_is_reused_replaced_or_refused(tmp_path: Path) -> Non
     assert changed.item_dim == 3
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match=r"out_dir='.*other' exists and is a folder of other files, not a dataset cache"):
+    with pytest.raises(DataError, match=r"out_dir='.*other' exists and holds 'notes.txt': it is not a dataset cache"):
         prepare_outbrain(raw_dir, tmp_path / "other", progress=False)
     # A folder of other files that holds a manifest.json of its own is not a cache either: nothing of it is deleted.
     (tmp_path / "other" / "manifest.json").write_text('{"name": "my web app"}')
@@ -303,8 +304,11 @@ def test_an_existing_output_is_reused_replaced_or_refused(tmp_path: Path) -> Non
     (tmp_path / "file").write_text("mine")
     with pytest.raises(DataError, match=r"out_dir='.*file' exists and is not a folder"):
         prepare_outbrain(raw_dir, tmp_path / "file", progress=False)
-    with pytest.raises(DataError, match=r"out_dir='.*other' exists and is a folder of other files"):
+    with pytest.raises(DataError, match=r"out_dir='.*other' exists and holds 'notes.txt'"):
         build_dataset(read_outbrain(raw_dir), tmp_path / "other", BuildOptions())
+    # A path the file system layer of pyarrow cannot take is named before any work.
+    with pytest.raises(DataError, match=r"out_dir='.*bad.*out' is not valid UTF-8 text"):
+        prepare_outbrain(raw_dir, tmp_path / "bad\udce9out", progress=False)
 
 
 def test_a_cache_is_replaced_only_once_the_new_one_is_complete(tmp_path: Path) -> None:
@@ -343,7 +347,57 @@ def test_a_cache_is_replaced_only_once_the_new_one_is_complete(tmp_path: Path) -
     assert paused, process.stderr.read() if process.stderr else ""
     assert CompactDataset(tmp_path / "out").manifest["array_blake2b"] == digests
     new = prepare_outbrain(raw_dir, tmp_path / "out", options=PrepareOptions(cf_dim=0), progress=False)
-    assert new.item_dim == 3 and not list(tmp_path.glob(".out.*"))
+    assert new.item_dim == 3 and not list(tmp_path.glob(".out.*.partial"))
+
+
+def test_a_second_preparation_of_a_folder_waits_for_the_first(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS, "clicks_train.csv": CLICKS})
+    # The first holds its lock, paused before sealing, in another process.
+    env = {**os.environ, PAUSE_ENV: "before_seal"}
+    command = [
+        sys.executable,
+        "-m",
+        "recsys_gym",
+        "prepare",
+        "outbrain",
+        "--raw",
+        str(raw_dir),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    first = subprocess.Popen([*command, "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(600):
+        if list(tmp_path.glob(".out.*.partial/PAUSED")) or first.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".out.*.partial/PAUSED")), first.stderr.read() if first.stderr else ""
+    # The second waits (it says so) until the first is gone, then prepares; the first's folder does not survive.
+    results: list[CompactDataset] = []
+    with caplog.at_level(logging.WARNING, logger="recsys_gym.data.prepare"):
+        second = threading.Thread(target=lambda: results.append(prepare_outbrain(raw_dir, tmp_path / "out", progress=False)))
+        second.start()
+        for _ in range(200):
+            if "waiting for another preparation" in caplog.text:
+                break
+            time.sleep(0.05)
+        assert "waiting for another preparation" in caplog.text and second.is_alive() and not results
+        first.kill()
+        first.wait()
+        second.join(timeout=120)
+    assert results and results[0].n_impressions == 3
+    assert not list(tmp_path.glob(".out.*.partial"))
+
+
+def test_only_old_or_dead_partial_folders_are_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    young, old, dead = (tmp_path / f".out.{name}.partial" for name in ("young", "old", "dead"))
+    for folder in (young, old, dead):
+        folder.mkdir()
+    # No PID file: being created, or an old cache moved aside by a live seal; a dead process's PID file: a leftover.
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    (dead / "PID").write_text("999999999")
+    assert dataset_module.clean_stale_partials(out) == 2
+    assert young.is_dir() and not old.exists() and not dead.exists()
 
 
 def test_command_line_prints_the_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -356,6 +410,12 @@ def test_command_line_prints_the_counts(tmp_path: Path, capsys: pytest.CaptureFi
     assert "users=2, items=4, impressions=3" in printed
     assert main(["prepare", "outbrain", "--raw", str(tmp_path / "none"), "--quiet"]) == 1
     assert "error: raw_dir=" in capsys.readouterr().err
+    # An output under a file: one line naming it, before any work, and no traceback; the same from the generator.
+    (tmp_path / "file").write_text("mine")
+    assert main(["prepare", "outbrain", "--raw", str(raw_dir), "--out", str(tmp_path / "file" / "out"), "--quiet"]) == 1
+    assert "error: out_dir='" in (err := capsys.readouterr().err) and "is a file, not a folder" in err
+    assert main(["generate", "outbrain", "--out", str(tmp_path / "file" / "raw"), "--size", "0.0001"]) == 1
+    assert "recsys-gym generate outbrain: error:" in (err := capsys.readouterr().err) and "Traceback" not in err
 
 
 def test_a_prepared_folder_is_a_data_dir_and_a_damaged_one_is_refused(generated: Path, tmp_path: Path) -> None:

@@ -242,7 +242,8 @@ def _parse_block(
             include_columns=list(columns),
             null_values=[""],
             strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
+            # A quoted empty value is as empty as an unquoted one (writers that quote every field write "").
+            quoted_strings_can_be_null=True,
         ),
     )
     return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)

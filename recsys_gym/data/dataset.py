@@ -39,9 +39,11 @@ import json
 import logging
 import operator
 import os
+import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -325,6 +327,7 @@ def build_dataset(raw: RawLog, out_dir: str | os.PathLike[str], options: BuildOp
     raw.validate()
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
+    check_writable(out_dir)
     impressions = raw.impressions
 
     # Encode raw ids as contiguous indices, sorted by raw id so the encoding is reproducible.
@@ -658,6 +661,10 @@ def partial_dir(out_dir: Path) -> Path:
     return tmp_dir
 
 
+#: How long a ``.partial`` folder without a ``PID`` file is left alone before it counts as a leftover.
+_UNOWNED_PARTIAL_SECONDS = 600
+
+
 def clean_stale_partials(out_dir: Path) -> int:
     """Remove the ``.partial`` siblings of ``out_dir`` whose building process is gone; return how many."""
     removed = 0
@@ -671,6 +678,13 @@ def clean_stale_partials(out_dir: Path) -> int:
         if pid > 0 and pid != os.getpid() and process_alive(pid):
             continue
         if pid == os.getpid():
+            continue
+        # Without a PID file, a folder may be one being created, or an old cache moved aside by a live seal_cache:
+        # only one left untouched for a while is a leftover.
+        try:
+            if pid == -1 and time.time() - candidate.stat().st_mtime < _UNOWNED_PARTIAL_SECONDS:
+                continue
+        except OSError:
             continue
         logger.warning("removing %s, left by a preparation that did not finish", candidate)
         shutil.rmtree(candidate, ignore_errors=True)
@@ -721,8 +735,14 @@ def is_cache_folder(path: Path) -> bool:
         return False
     if not isinstance(manifest, dict) or not {"cache_version", "array_bytes"} <= manifest.keys():
         return False
-    allowed = {f"{name}.npy" for name in _ARRAY_NAMES} | {"manifest.json"}
-    return all(name in allowed or name.startswith(_VERIFIED_STAMP) for name in entries)
+    return not _foreign_entries(entries)
+
+
+def _foreign_entries(names: list[str]) -> list[str]:
+    """The names among a folder's entries that a cache never holds."""
+    # A PID file stays only if a seal was killed between its rename and the file's removal.
+    allowed = {f"{name}.npy" for name in _ARRAY_NAMES} | {"manifest.json", "PID"}
+    return sorted(name for name in names if name not in allowed and not name.startswith(_VERIFIED_STAMP))
 
 
 def check_replaceable(out_dir: Path, argument: str = "out_dir") -> None:
@@ -735,8 +755,31 @@ def check_replaceable(out_dir: Path, argument: str = "out_dir") -> None:
         return
     if out_dir.is_dir() and (is_cache_folder(out_dir) or not any(out_dir.iterdir())):
         return
-    what = "a folder of other files" if out_dir.is_dir() else "not a folder"
-    raise DataError(f"{argument}={str(out_dir)!r} exists and is {what}, not a dataset cache; choose another folder")
+    if not out_dir.is_dir():
+        raise DataError(f"{argument}={str(out_dir)!r} exists and is not a folder, not a dataset cache; choose another folder")
+    foreign = _foreign_entries([entry.name for entry in out_dir.iterdir()])
+    shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    what = f"holds {shown}" if foreign else "has a manifest.json that is not a cache's"
+    raise DataError(f"{argument}={str(out_dir)!r} exists and {what}: it is not a dataset cache; choose another folder")
+
+
+def check_writable(out_dir: Path, argument: str = "out_dir") -> None:
+    """Raise unless a cache can be written at ``out_dir``: its folder writable, itself too where it exists.
+
+    :param argument: the name the caller knows ``out_dir`` by, for the error.
+    :raises DataError: naming the folder that cannot be written, or a path the file system cannot take.
+    """
+    try:
+        str(out_dir).encode("utf-8")
+    except UnicodeError:
+        raise DataError(f"{argument}={str(out_dir)!r} is not valid UTF-8 text; choose a path that is") from None
+    parent = next((folder for folder in [out_dir.parent, *out_dir.parent.parents] if folder.exists()), Path("/"))
+    if not parent.is_dir():
+        raise DataError(f"{argument}={str(out_dir)!r} cannot be written: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{argument}={str(out_dir)!r} cannot be written: {str(parent)!r} is not writable")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise DataError(f"{argument}={str(out_dir)!r} is not writable: the cache there cannot be replaced")
 
 
 def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any], *, replace: bool = False) -> None:
@@ -758,7 +801,6 @@ def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any], *, replac
             "array_bytes": {name: file.stat().st_size for name, file in files.items()},
             "array_blake2b": _digests(files),
         }
-        (tmp_dir / "PID").unlink(missing_ok=True)
         # The temporary folder was made private (0700); the cache gets the permissions of any new folder.
         os.chmod(tmp_dir, 0o777 & ~_umask())
         with open(tmp_dir / "manifest.json.tmp", "w", encoding="utf-8") as handle:
@@ -771,17 +813,19 @@ def seal_cache(tmp_dir: Path, out_dir: Path, manifest: dict[str, Any], *, replac
             if _is_trusted(out_dir) and not replace:
                 return
             check_replaceable(out_dir)
-            # Moved into a .partial sibling (without a PID file: a kill before it is deleted leaves it to
+            # Renamed to a .partial sibling (without a PID file: a kill before it is deleted leaves it to
             # clean_stale_partials), so the old cache is never deleted before the new one is ready.
-            aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-            os.rename(out_dir, aside / out_dir.name)
+            aside = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(6)}.partial"
+            os.rename(out_dir, aside)
         try:
             os.rename(tmp_dir, out_dir)
         except OSError:
             if not _is_trusted(out_dir):
                 raise
         else:
-            # The digests were just taken of these very files: the first load need not read them all again.
+            # The PID file went with the folder (until here, clean_stale_partials of another process could tell the
+            # folder was live); the digests were just taken of these very files: the first load need not hash them.
+            (out_dir / "PID").unlink(missing_ok=True)
             _stamp_verified(out_dir)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)

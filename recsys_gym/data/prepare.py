@@ -129,6 +129,7 @@ from recsys_gym.data.dataset import (
     _normalise_rows,
     cache_path_for,
     check_replaceable,
+    check_writable,
     clean_stale_partials,
     default_cache_dir,
     encode_strings,
@@ -342,31 +343,34 @@ def prepare_outbrain(
     else:
         target = Path(out_dir).expanduser()
     source_key = cache_path_for("outbrain", folder, key_options, Path(".")).name
-    if target.is_dir() and _is_trusted(target) and _manifest_of(target).get("source_key") == source_key:
-        logger.info("%s is already prepared from %s with these options", target, folder)
-        return CompactDataset(target)
-    # Only a cache (or an empty folder) is ever replaced, and only once the new one is complete.
-    check_replaceable(target)
-    replace = target.exists()
-    if replace:
-        logger.warning(
-            "%s will be replaced once the new cache is complete: it is an incomplete, changed or different cache", target
-        )
+    check_writable(target)
+    # One preparation of a folder at a time: a second one waits, then finds the first one's cache.
+    with _preparation_lock(target):
+        if target.is_dir() and _is_trusted(target) and _manifest_of(target).get("source_key") == source_key:
+            logger.info("%s is already prepared from %s with these options", target, folder)
+            return CompactDataset(target)
+        # Only a cache (or an empty folder) is ever replaced, and only once the new one is complete.
+        check_replaceable(target)
+        replace = target.exists()
+        if replace:
+            logger.warning(
+                "%s will be replaced once the new cache is complete: it is an incomplete, changed or different cache", target
+            )
 
-    # Prepare in a fresh .partial directory, after removing those of killed runs.
-    clean_stale_partials(target)
-    tmp_dir = partial_dir(target)
-    try:
-        with _returning_memory_pool():
-            preparer = _Preparer(folder, tmp_dir, options, on_bad_lines, int(chunk_rows), progress, int(bucket_bytes))
-            manifest = preparer.run()
-        manifest["source_key"] = source_key
-        shutil.rmtree(tmp_dir / "buckets", ignore_errors=True)
-        _pause_if_asked("before_seal", tmp_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    seal_cache(tmp_dir, target, manifest, replace=replace)
+        # Prepare in a fresh .partial directory, after removing those of killed runs.
+        clean_stale_partials(target)
+        tmp_dir = partial_dir(target)
+        try:
+            with _returning_memory_pool():
+                preparer = _Preparer(folder, tmp_dir, options, on_bad_lines, int(chunk_rows), progress, int(bucket_bytes))
+                manifest = preparer.run()
+            manifest["source_key"] = source_key
+            shutil.rmtree(tmp_dir / "buckets", ignore_errors=True)
+            _pause_if_asked("before_seal", tmp_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        seal_cache(tmp_dir, target, manifest, replace=replace)
     dataset = CompactDataset(target)
     logger.info("prepared %r", dataset)
     return dataset
@@ -392,6 +396,30 @@ def check_raw_folder(raw_dir: str | os.PathLike[str], argument: str = "raw_dir")
             hint = f" (found {compressed}: unpack it first)" if compressed else ""
             raise MissingDataError(f"{argument}={str(raw_dir)!r} has no {required}{hint}; {_DOWNLOAD_HINT}")
     return folder
+
+
+@contextmanager
+def _preparation_lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``target`` (where the system has ``fcntl``; it stays there).
+
+    The lock goes with the process, however it ends; a second preparation of the same folder waits for it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("waiting for another preparation of %s to finish", target)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -1429,6 +1457,15 @@ class _Preparer:
             np.save(path, np.zeros((self.n_impressions, 0), dtype=np.float32), allow_pickle=False)
             self.arrays["imp_pageviews"] = path
             return []
+        if self.counts.get("page views kept", 0) == 0:
+            # The columns stay (a cache's layout follows the options and the files, not their content), but say why
+            # they hold nothing.
+            note = (
+                f"page_views.csv: no page view was kept ({self.counts.get('page_views.csv: rows read', 0):,} rows read): "
+                "every imp_pageviews value is 0"
+            )
+            self.notes.append(note)
+            logger.warning(note)
         vectors = np.asarray(page_vectors, dtype=np.float32)
         has_content = np.any(vectors != 0, axis=1)
         width = 1 + vectors.shape[1]
