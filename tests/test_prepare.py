@@ -311,6 +311,21 @@ def test_an_existing_output_is_reused_replaced_or_refused(tmp_path: Path) -> Non
         prepare_outbrain(raw_dir, tmp_path / "bad\udce9out", progress=False)
 
 
+def paused_preparation(raw_dir: Path, out: Path, *options: str) -> subprocess.Popen[bytes]:
+    """``recsys-gym prepare outbrain`` of ``raw_dir`` into ``out`` in another process, once paused before it seals."""
+    command = [sys.executable, "-m", "recsys_gym", "prepare", "outbrain", "--raw", str(raw_dir), "--out", str(out)]
+    env = {**os.environ, PAUSE_ENV: "before_seal"}
+    process = subprocess.Popen([*command, "--quiet", *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(600):
+        if list(out.parent.glob(f".{out.name}.*.partial/PAUSED")) or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    if not list(out.parent.glob(f".{out.name}.*.partial/PAUSED")):
+        process.kill()
+        raise AssertionError(f"the preparation did not pause: {process.communicate()[1].decode()[-2000:]}")
+    return process
+
+
 def test_a_cache_is_replaced_only_once_the_new_one_is_complete(tmp_path: Path) -> None:
     raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS, "clicks_train.csv": CLICKS})
     old = prepare_outbrain(raw_dir, tmp_path / "out", progress=False)
@@ -322,29 +337,9 @@ def test_a_cache_is_replaced_only_once_the_new_one_is_complete(tmp_path: Path) -
     again = CompactDataset(tmp_path / "out")
     assert again.manifest["array_blake2b"] == digests and again.item_dim == old.item_dim
     # The same with a run killed before it seals: the old cache is whole; the next run replaces it.
-    env = {**os.environ, PAUSE_ENV: "before_seal"}
-    command = [
-        sys.executable,
-        "-m",
-        "recsys_gym",
-        "prepare",
-        "outbrain",
-        "--raw",
-        str(raw_dir),
-        "--out",
-        str(tmp_path / "out"),
-    ]
-    process = subprocess.Popen(
-        [*command, "--cf-dim", "0", "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    for _ in range(600):
-        if list(tmp_path.glob(".out.*.partial/PAUSED")) or process.poll() is not None:
-            break
-        time.sleep(0.05)
-    paused = list(tmp_path.glob(".out.*.partial/PAUSED"))
+    process = paused_preparation(raw_dir, tmp_path / "out", "--cf-dim", "0")
     process.kill()
     process.wait()
-    assert paused, process.stderr.read() if process.stderr else ""
     assert CompactDataset(tmp_path / "out").manifest["array_blake2b"] == digests
     new = prepare_outbrain(raw_dir, tmp_path / "out", options=PrepareOptions(cf_dim=0), progress=False)
     assert new.item_dim == 3 and not list(tmp_path.glob(".out.*.partial"))
@@ -353,24 +348,7 @@ def test_a_cache_is_replaced_only_once_the_new_one_is_complete(tmp_path: Path) -
 def test_a_second_preparation_of_a_folder_waits_for_the_first(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     raw_dir = write_files(tmp_path / "raw", {"events.csv": EVENTS, "clicks_train.csv": CLICKS})
     # The first holds its lock, paused before sealing, in another process.
-    env = {**os.environ, PAUSE_ENV: "before_seal"}
-    command = [
-        sys.executable,
-        "-m",
-        "recsys_gym",
-        "prepare",
-        "outbrain",
-        "--raw",
-        str(raw_dir),
-        "--out",
-        str(tmp_path / "out"),
-    ]
-    first = subprocess.Popen([*command, "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(600):
-        if list(tmp_path.glob(".out.*.partial/PAUSED")) or first.poll() is not None:
-            break
-        time.sleep(0.05)
-    assert list(tmp_path.glob(".out.*.partial/PAUSED")), first.stderr.read() if first.stderr else ""
+    first = paused_preparation(raw_dir, tmp_path / "out")
     # The second waits (it says so) until the first is gone, then prepares; the first's folder does not survive.
     results: list[CompactDataset] = []
     with caplog.at_level(logging.WARNING, logger="recsys_gym.data.prepare"):
