@@ -756,7 +756,7 @@ def check_replaceable(out_dir: Path, argument: str = "out_dir") -> None:
     if out_dir.is_dir() and (is_cache_folder(out_dir) or not any(out_dir.iterdir())):
         return
     if not out_dir.is_dir():
-        raise DataError(f"{argument}={str(out_dir)!r} exists and is not a folder, not a dataset cache; choose another folder")
+        raise DataError(f"{argument}={str(out_dir)!r} exists and is not a folder; choose another path")
     foreign = _foreign_entries([entry.name for entry in out_dir.iterdir()])
     shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
     what = f"holds {shown}" if foreign else "has a manifest.json that is not a cache's"

@@ -312,7 +312,8 @@ def prepare_outbrain(
     :param out_dir: the cache directory to write. ``None`` uses the directory that
         :func:`~recsys_gym.data.dataset.load_dataset` would use under ``cache_dir`` (keyed by the files
         and ``options``). An existing trusted cache of the same files and options is returned as is; an
-        untrusted or different cache there is replaced; any other non-empty folder is refused.
+        untrusted or different cache there is replaced once the new one is complete; any other non-empty folder is
+        refused. A second preparation of the same folder (another process) waits for the first to end.
     :param options: what to keep, where to split, which features; defaults when ``None``.
     :param on_bad_lines: ``"error"`` (default) raises on a malformed line or a display without
         exactly one click; ``"skip"`` skips and counts them.
