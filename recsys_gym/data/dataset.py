@@ -566,6 +566,25 @@ def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
+def fit_content_reduction(items: Any, fit: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The content reduction learned from the rows of ``fit``: IDF weights, then an IDF-weighted truncated SVD.
+
+    :param items: the (items × tokens) sparse weight matrix (CSR).
+    :param fit: mask over its rows: those the reduction is learned from.
+    :param dim: the most dimensions.
+    :return: each token's IDF weight (n_tokens,) and the basis (d, n_tokens); a row is projected as
+        ``(row * idf) @ basis.T``.
+    """
+    # A copy of the fitted rows only, scaled in place (no second copy of it).
+    fitted = items[np.flatnonzero(fit)]
+    fitted.sum_duplicates()
+    document_frequency = np.bincount(fitted.indices[fitted.data > 0], minlength=items.shape[1])
+    idf = np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0
+    fitted.data *= idf[fitted.indices]
+    _, _, right = _truncated_svd(fitted, dim)
+    return idf, right
+
+
 def _content_embeddings(
     raw: RawLog, item_ids: np.ndarray, fit: np.ndarray, context_ids: np.ndarray, dim: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -595,10 +614,7 @@ def _content_embeddings(
     item_matrix = sparse.csr_matrix(
         (weights[is_item][keep], (item_rows[keep], token_codes[is_item][keep])), shape=(len(item_ids), len(tokens))
     )
-    fitted = item_matrix[np.flatnonzero(fit)]
-    document_frequency = np.asarray((fitted > 0).sum(axis=0)).ravel()
-    idf = np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0
-    _, _, right = _truncated_svd(fitted @ sparse.diags(idf), dim)
+    idf, right = fit_content_reduction(item_matrix, fit, dim)
     item_vectors = _normalise_rows(np.asarray((item_matrix @ sparse.diags(idf)) @ right.T))
 
     # Contexts are projected on the same basis.

@@ -133,6 +133,7 @@ from recsys_gym.data.dataset import (
     clean_stale_partials,
     default_cache_dir,
     encode_strings,
+    fit_content_reduction,
     partial_dir,
     seal_cache,
 )
@@ -1918,19 +1919,11 @@ def _content_vectors(
     """
     from scipy import sparse
 
-    from recsys_gym.data.dataset import _truncated_svd
-
     items, targets = tokens.items, tokens.targets
 
-    # IDF and basis from the training ads alone; the weights are scaled in place (no second copy of the matrix).
+    # IDF and basis from the training ads alone.
     n_columns = items.shape[1]
-    fitted = items[np.flatnonzero(fit)]
-    fitted.sum_duplicates()
-    document_frequency = np.bincount(fitted.indices[fitted.data > 0], minlength=n_columns)
-    idf = np.log((1.0 + fitted.shape[0]) / (1.0 + document_frequency)) + 1.0
-    fitted.data *= idf[fitted.indices]
-    _, _, right = _truncated_svd(fitted, dim)
-    del fitted
+    idf, right = fit_content_reduction(items, fit, dim)
     # Every ad, context page and page read: each token's weight times its IDF-scaled basis row.
     contribution = idf[:, None] * right.T
     item_vectors = _normalise_rows(np.asarray(items @ contribution))
